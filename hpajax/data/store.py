@@ -1,0 +1,234 @@
+"""The converted-data store: a directory that every later stage reads.
+
+Layout of ``STORE/``::
+
+    images/            TensorStore zarr3 array [N, S, S, C] uint8, channels last
+                       (red, green, blue, yellow); one chunk per sample, chunks
+                       grouped into shard files of ``shard_samples`` samples.
+    ids.txt            one sample Id per line, in array order.
+    labels.npy         multi-hot uint8 [N, 28] (absent for unlabeled sets).
+    metadata.json      source, size, channels, codec, creation command; written
+                       last, so its presence marks a complete store.
+    splits/NAME.json   named index splits (see ``hpajax.data.split``).
+    bad_samples.csv    samples left out by ``convert --skip_bad``, and why.
+
+Everything here is plain NumPy/JSON except the image array, which is opened
+with TensorStore; nothing imports JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from hpajax import classes
+
+IMAGES = "images"
+IDS = "ids.txt"
+LABELS = "labels.npy"
+METADATA = "metadata.json"
+SPLITS = "splits"
+BAD_SAMPLES = "bad_samples.csv"
+
+# Codec name -> zarr3 inner codecs after "bytes". Chosen by
+# experiments/bench_data.py; see BENCHMARKS.md.
+CODECS: dict[str, list[dict[str, Any]]] = {
+    "raw": [],
+    "zstd1": [{"name": "zstd", "configuration": {"level": 1}}],
+    "zstd3": [{"name": "zstd", "configuration": {"level": 3}}],
+    "lz4": [{"name": "blosc", "configuration": {
+        "cname": "lz4", "clevel": 5, "shuffle": "noshuffle", "typesize": 1}}],
+}
+DEFAULT_CODEC = "zstd1"
+# Aim for shard files of about this many uncompressed bytes.
+_SHARD_BYTES = 64 << 20
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete or inconsistent."""
+
+
+def default_shard_samples(image_size: int, channels: int) -> int:
+    """Samples per shard file: ~64 MiB raw, so 31,072 samples make few files."""
+    return max(1, _SHARD_BYTES // (image_size * image_size * channels))
+
+
+def _images_spec(path: pathlib.Path) -> dict[str, Any]:
+    return {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(path / IMAGES)},
+        # Shard indices are tiny and read on every access: keep them cached.
+        "context": {"cache_pool": {"total_bytes_limit": 16 << 20}},
+    }
+
+
+def create_images(
+    path: str | os.PathLike,
+    num_samples: int,
+    image_size: int,
+    channels: int = classes.NUM_CHANNELS,
+    shard_samples: int | None = None,
+    codec: str = DEFAULT_CODEC,
+) -> ts.TensorStore:
+    """Creates (replacing any old one) the image array of a store for writing."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    shard_samples = shard_samples or default_shard_samples(image_size, channels)
+    sample = [1, image_size, image_size, channels]
+    spec = _images_spec(pathlib.Path(path))
+    spec["metadata"] = {
+        "shape": [num_samples, image_size, image_size, channels],
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {
+            "chunk_shape": [shard_samples, *sample[1:]]}},
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": sample,
+            "codecs": [{"name": "bytes"}, *CODECS[codec]],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                             {"name": "crc32c"}],
+            "index_location": "end",
+        }}],
+        "dimension_names": ["sample", "y", "x", "channel"],
+    }
+    return ts.open(spec, create=True, delete_existing=True).result()
+
+
+def open_images(path: str | os.PathLike, *, write: bool = False) -> ts.TensorStore:
+    """Opens the image array of a store (also an unfinished one, for writers)."""
+    mode = {"open": True, "read": True, "write": write}
+    return ts.open(_images_spec(pathlib.Path(path)), **mode).result()
+
+
+def shard_samples_of(images: ts.TensorStore) -> int:
+    """Samples per shard file of an image array."""
+    return int(images.chunk_layout.write_chunk.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    """A converted data set: images in TensorStore, the rest in memory."""
+
+    path: pathlib.Path
+    images: ts.TensorStore
+    ids: list[str]
+    labels: np.ndarray | None
+    metadata: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.metadata["channels"])
+
+    def split(self, name: str = "default") -> dict[str, np.ndarray]:
+        """The named split saved with the store: part name -> sorted indices."""
+        return load_split(self.path, name)
+
+    def split_names(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / SPLITS).glob("*.json"))
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Opens a complete store for reading; raises StoreError if it is not one."""
+    path = pathlib.Path(path)
+    meta_path = path / METADATA
+    if not meta_path.is_file():
+        hint = (" (an unfinished conversion: rerun the same convert command)"
+                if (path / IMAGES).exists() else "")
+        raise StoreError(f"{path} is not a complete hpajax store: no {METADATA}{hint}")
+    metadata = json.loads(meta_path.read_text())
+    ids = (path / IDS).read_text().splitlines()
+    labels = np.load(path / LABELS) if (path / LABELS).exists() else None
+    images = open_images(path)
+    n = len(ids)
+    if images.shape[0] != n or (labels is not None and labels.shape != (n, classes.NUM_CLASSES)):
+        raise StoreError(
+            f"{path}: inconsistent store: {n} ids, images {tuple(images.shape)}, "
+            f"labels {None if labels is None else labels.shape}")
+    return Store(path=path, images=images, ids=ids, labels=labels, metadata=metadata)
+
+
+def write_atomic(path: pathlib.Path, data: bytes | str) -> None:
+    """Writes a file so that readers see either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def finalize(
+    path: str | os.PathLike,
+    ids: list[str],
+    labels: np.ndarray | None,
+    metadata: dict[str, Any],
+) -> None:
+    """Writes ids, labels and (last, marking completion) metadata of a store."""
+    path = pathlib.Path(path)
+    write_atomic(path / IDS, "".join(f"{i}\n" for i in ids))
+    if labels is not None:
+        tmp = path / f".{LABELS}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(labels, np.uint8))
+        os.replace(tmp, path / LABELS)
+    write_json(path / METADATA, metadata)
+
+
+def write_store(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    ids: list[str],
+    labels: np.ndarray | None,
+    metadata: dict[str, Any] | None = None,
+    *,
+    shard_samples: int | None = None,
+    codec: str = DEFAULT_CODEC,
+) -> Store:
+    """Writes a whole in-memory data set as a store (for tests and small sets)."""
+    n, size, _, c = images.shape
+    arr = create_images(path, n, size, c, shard_samples, codec)
+    arr.write(np.asarray(images, np.uint8)).result()
+    meta = {"source": "in-memory", "image_size": size, "codec": codec,
+            "channels": list(classes.CHANNELS[:c]), "num_samples": n}
+    finalize(path, list(ids), labels, {**meta, **(metadata or {})})
+    return open_store(path)
+
+
+def save_split(
+    path: str | os.PathLike,
+    name: str,
+    parts: dict[str, np.ndarray],
+    info: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """Saves a named split (part name -> indices) with the store."""
+    out = pathlib.Path(path) / SPLITS / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    write_json(out, {"info": info or {},
+                     "parts": {k: np.sort(v).astype(int).tolist() for k, v in parts.items()}})
+    return out
+
+
+def load_split(path: str | os.PathLike, name: str = "default") -> dict[str, np.ndarray]:
+    """Loads a named split saved with ``save_split``."""
+    f = pathlib.Path(path) / SPLITS / f"{name}.json"
+    if not f.is_file():
+        raise StoreError(f"{path}: no split named {name!r} ({f} missing); "
+                         "create it with tools/split.py")
+    parts = json.loads(f.read_text())["parts"]
+    return {k: np.asarray(v, np.int64) for k, v in parts.items()}
