@@ -1,0 +1,317 @@
+"""The converter: content, formats, parallelism, bad input, resume after SIGKILL."""
+
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import PYTHON, REPO, SHARED, CHANNELS, write_csv, write_quads
+from PIL import Image
+
+from hpajax.data import convert, open_store
+from hpajax.data import store as storelib
+
+
+def _opts(input_dir, output_dir, labels_csv=None, **kw):
+    kw.setdefault("image_size", 32)
+    kw.setdefault("shard_samples", 4)
+    return convert.Options(format=kw.pop("format", "kaggle"), input_dir=pathlib.Path(input_dir),
+                           output_dir=pathlib.Path(output_dir),
+                           labels_csv=None if labels_csv is None else pathlib.Path(labels_csv),
+                           **kw)
+
+
+def _tool(*args, **kw):
+    return subprocess.run([PYTHON, str(REPO / "tools" / "convert.py"), *args],
+                          capture_output=True, text=True, **kw)
+
+
+def _tree(path: pathlib.Path) -> dict:
+    """Every file's bytes under a store, metadata minus the command line."""
+    files = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            data = f.read_bytes()
+            if f.name == storelib.METADATA:
+                meta = json.loads(data)
+                meta.pop("command")
+                data = json.dumps(meta, sort_keys=True).encode()
+            files[str(f.relative_to(path))] = data
+    return files
+
+
+def test_kaggle_store_holds_the_pixels_ids_and_labels(kaggle_set, tmp_path):
+    train, csv_path, arrays = kaggle_set
+    result = convert.convert(_opts(train, tmp_path / "st", csv_path))
+    s = open_store(result.path)
+    assert len(s) == 24 and s.ids == sorted(arrays)
+    images = s.images.read().result()
+    assert images.dtype == np.uint8 and images.shape == (24, 32, 32, 4)
+    for k, sample_id in enumerate(s.ids):
+        np.testing.assert_array_equal(images[k], arrays[sample_id])
+    assert np.flatnonzero(s.labels[3]).tolist() == [3, 15]
+    assert s.metadata["channels"] == list(CHANNELS)
+    assert s.metadata["format"] == "kaggle" and s.metadata["image_size"] == 32
+    assert storelib.shard_samples_of(s.images) == 4
+    assert len(list((result.path / "images").rglob("c/*/0/0/0"))) == 6  # 24 / 4 shards
+
+
+def test_resize_uses_an_area_filter(kaggle_set, tmp_path):
+    train, csv_path, arrays = kaggle_set
+    s = open_store(convert.convert(_opts(train, tmp_path / "st", csv_path, image_size=16)).path)
+    box = arrays["s005"][:, :, 2].reshape(16, 2, 16, 2).astype(float).mean(axis=(1, 3))
+    got = s.images[5, :, :, 2].read().result()
+    assert np.abs(got - box).max() <= 1  # Pillow's BOX filter rounds
+
+
+def test_two_workers_give_identical_bytes(kaggle_set, tmp_path):
+    train, csv_path, _ = kaggle_set
+    one = convert.convert(_opts(train, tmp_path / "w1", csv_path, workers=1)).path
+    two = convert.convert(_opts(train, tmp_path / "w2", csv_path, workers=2)).path
+    assert _tree(one) == _tree(two)
+
+
+def test_without_labels_ids_come_from_files(kaggle_set, tmp_path):
+    train, _, arrays = kaggle_set
+    s = open_store(convert.convert(_opts(train, tmp_path / "st")).path)
+    assert s.labels is None and s.ids == sorted(arrays)
+    assert not (tmp_path / "st" / storelib.LABELS).exists()
+
+
+def test_submission_file_orders_an_unlabeled_test_set(kaggle_set, tmp_path):
+    train, _, arrays = kaggle_set
+    sub = tmp_path / "sample_submission.csv"
+    order = sorted(arrays, reverse=True)
+    sub.write_text("Id,Predicted\n" + "".join(f"{i},0\n" for i in order))
+    s = open_store(convert.convert(_opts(train, tmp_path / "st", sub)).path)
+    assert s.ids == order and s.labels is None
+
+
+def test_rerun_is_a_noop_and_other_inputs_are_refused(kaggle_set, tmp_path):
+    train, csv_path, _ = kaggle_set
+    out = tmp_path / "st"
+    convert.convert(_opts(train, out, csv_path))
+    before = {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+    again = convert.convert(_opts(train, out, csv_path))
+    assert again.already_done and again.num_samples == 24
+    assert before == {f: f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+    with pytest.raises(convert.ConversionError, match="other inputs or options"):
+        convert.convert(_opts(train, out, csv_path, image_size=16))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(convert.ConversionError, match="not empty"):
+        convert.convert(_opts(train, foreign, csv_path))
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_upscaling_is_refused_naming_the_flag(kaggle_set, tmp_path):
+    train, csv_path, _ = kaggle_set
+    r = _tool(f"--input_dir={train}", f"--labels_csv={csv_path}",
+              f"--output_dir={tmp_path / 'st'}", "--image_size=64")
+    assert r.returncode != 0
+    assert "--image_size=64 is larger than the source images (32x32)" in r.stderr
+
+
+# ----------------------------------------------------------- real samples
+
+
+def test_real_hpav18_jpegs(tmp_path):
+    """The two real HPA v18 sets: colour-coded RGB JPEGs, 1728 and 2048 px."""
+    src = SHARED / "hpa-samples" / "hpav18_jpg"
+    names = {"89_B5_1": "11088_89_B5_1", "800_A6_1": "30741_800_A6_1"}
+    raw = tmp_path / "hpav18"
+    raw.mkdir()
+    for short, full in names.items():
+        for c in CHANNELS:
+            shutil.copy(src / f"{short}_{c}.jpg", raw / f"{full}_{c}.jpg")
+    listing = SHARED / "hpa2019" / "HPAv18RBGY_wodpl.csv"
+    rows = [line for line in listing.read_text().splitlines()
+            if line.split(",")[0] in names.values()]
+    csv_path = tmp_path / "hpav18.csv"
+    csv_path.write_text("Id,Target\n" + "\n".join(rows) + "\n")
+    s = open_store(convert.convert(_opts(raw, tmp_path / "st", csv_path, format="hpav18",
+                                         image_size=256)).path)
+    assert s.ids == [r.split(",")[0] for r in rows]
+    by_id = dict(zip(s.ids, s.labels))
+    assert np.flatnonzero(by_id["11088_89_B5_1"]).tolist() == [6]
+    assert np.flatnonzero(by_id["30741_800_A6_1"]).tolist() == [25]
+    images = s.images.read().result()
+    k = s.ids.index("11088_89_B5_1")
+    for c, plane in enumerate(("R", "G", "B")):
+        rgb = Image.open(raw / f"11088_89_B5_1_{CHANNELS[c]}.jpg")
+        rgb.draft("RGB", (256, 256))
+        want = rgb.getchannel(plane).resize((256, 256), Image.Resampling.BOX)
+        np.testing.assert_array_equal(images[k, :, :, c], np.asarray(want))
+    assert images[k, :, :, 3].mean() > 1  # yellow carries signal, never zeros
+
+
+def test_real_kaggle_pngs_decode_and_report_missing_channels(tmp_path):
+    """Real Kaggle PNGs: each Id has one channel; used as a full quad they convert."""
+    src = SHARED / "hpa-samples" / "kaggle_train_png_single"
+    files = sorted(src.glob("*.png"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in files:
+        shutil.copy(f, partial / f.name)
+    with pytest.raises(convert.ConversionError) as err:
+        convert.convert(_opts(partial, tmp_path / "bad", image_size=512))
+    assert str(err.value).count("missing channel file") == len(files)
+    quad = tmp_path / "quad"
+    quad.mkdir()
+    for c in CHANNELS:
+        shutil.copy(files[0], quad / f"real_{c}.png")
+    s = open_store(convert.convert(_opts(quad, tmp_path / "st", image_size=128)).path)
+    got = s.images.read().result()[0]
+    assert got.shape == (128, 128, 4) and got.mean() > 1
+    want = Image.open(files[0]).resize((128, 128), Image.Resampling.BOX)
+    np.testing.assert_array_equal(got[..., 0], np.asarray(want))
+
+
+# ----------------------------------------------------------- bad input
+
+
+def _damage(kind: str, train: pathlib.Path, csv_path: pathlib.Path) -> str:
+    """Introduces one defect of ``kind``; returns the text the report must hold."""
+    png = train / "s007_green.png"
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+    if kind == "missing channel":
+        png.unlink()
+        return f"{png}: s007: missing channel file"
+    if kind == "truncated":
+        png.write_bytes(png.read_bytes()[:200])
+        return f"{png}: s007: cannot decode"
+    if kind == "corrupt":
+        png.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+        return f"{png}: s007: cannot decode"
+    if kind == "wrong size":
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(png)
+        return f"{png}: s007: wrong size 40x40, expected 32x32"
+    if kind == "RGB mode":
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png)
+        return f"{png}: s007: RGB image, expected 8-bit grayscale"
+    if kind == "16-bit mode":
+        Image.fromarray(np.zeros((32, 32), np.uint16)).save(png)
+        return f"{png}: s007: 16-bit image, expected 8-bit grayscale"
+    line, text = {
+        "label out of range": (12, "label 31 outside 0..27"),
+        "empty Target": (12, "empty Target"),
+        "duplicate Id": (12, "duplicate Id (also on line 2)"),
+        "malformed row": (12, "malformed row: 3 fields, expected 2"),
+        "path separator": (12, "Id '../s010' contains a path separator"),
+    }[kind]
+    row = rows[line - 2]
+    row[1:] = {"label out of range": ["31"], "empty Target": [""],
+               "duplicate Id": [row[1]], "malformed row": ["1", "2"],
+               "path separator": [row[1]]}[kind]
+    if kind == "duplicate Id":
+        row[0] = rows[0][0]
+    if kind == "path separator":
+        row[0] = "../s010"
+    write_csv(csv_path, [(r[0], ",".join(r[1:])) for r in rows])
+    return f"train.csv:{line}: {row[0]}: {text}"
+
+
+BAD_KINDS = ["missing channel", "truncated", "corrupt", "wrong size", "RGB mode",
+             "16-bit mode", "label out of range", "empty Target", "duplicate Id",
+             "malformed row", "path separator"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_each_bad_input_stops_the_conversion_with_a_report(kind, kaggle_set, tmp_path):
+    train, csv_path, _ = kaggle_set
+    expected = _damage(kind, train, csv_path)
+    out = tmp_path / "st"
+    with pytest.raises(convert.ConversionError) as err:
+        convert.convert(_opts(train, out, csv_path))
+    assert expected in str(err.value)
+    assert not (out / storelib.METADATA).exists()
+    with pytest.raises(storelib.StoreError, match="unfinished conversion"):
+        open_store(out)
+    assert expected.split(": ")[-1] in (out / storelib.BAD_SAMPLES).read_text()
+
+
+def test_cli_lists_every_bad_sample_then_skip_bad_converts_the_rest(kaggle_set, tmp_path):
+    train, csv_path, arrays = kaggle_set
+    expected = [_damage(kind, train, csv_path)
+                for kind in ("truncated", "label out of range")]
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(train / "s020_blue.png")
+    expected.append(f"{train / 's020_blue.png'}: s020: RGB image")
+    out = tmp_path / "st"
+    args = [f"--input_dir={train}", f"--labels_csv={csv_path}", f"--output_dir={out}",
+            "--image_size=32", "--shard_samples=4", "--workers=2"]
+    r = _tool(*args)
+    assert r.returncode == 1
+    for text in expected:
+        assert text in r.stderr
+    assert not (out / storelib.METADATA).exists()
+    r = _tool(*args, "--skip_bad")
+    assert r.returncode == 0, r.stderr
+    assert "3 bad sample(s) skipped" in r.stdout
+    s = open_store(out)
+    assert len(s) == 21 and {"s007", "s020"}.isdisjoint(s.ids)
+    images = s.images.read().result()
+    for k, sample_id in enumerate(s.ids):
+        np.testing.assert_array_equal(images[k], arrays[sample_id])
+    report = (out / storelib.BAD_SAMPLES).read_text().splitlines()
+    assert report[0] == "where,id,problem" and len(report) == 4
+
+
+# ----------------------------------------------------------- resume
+
+KILLER = r"""
+import os, signal, sys
+from hpajax.data import convert, store
+hook, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def killing(fn):
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapped
+if hook == "commit":    # a shard write in flight, its progress not yet recorded
+    convert._wait = killing(convert._wait)
+else:                   # a progress file written but not yet renamed into place
+    store.os.replace = killing(store.os.replace)
+sys.argv = ["convert"] + sys.argv[3:]
+from absl import app
+sys.path.insert(0, os.path.join(os.getcwd(), "tools"))
+import convert as tool
+app.run(tool.main)
+"""
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    ids = [f"r{i:03d}" for i in range(40)]
+    write_quads(tmp_path / "train", ids, size=32, seed=3)
+    csv_path = write_csv(tmp_path / "train.csv", [(i, str(k % 28)) for k, i in enumerate(ids)])
+    args = [f"--input_dir={tmp_path / 'train'}", f"--labels_csv={csv_path}",
+            "--image_size=32", "--shard_samples=4", "--workers=2"]
+    reference = convert.convert(_opts(tmp_path / "train", tmp_path / "ref", csv_path)).path
+    out = tmp_path / "st"
+    kills = [("commit", 3), ("replace", 5), ("commit", 7)]
+    for hook, n in kills:
+        proc = subprocess.run([PYTHON, "-c", KILLER, hook, str(n), *args, f"--output_dir={out}"],
+                              cwd=REPO, capture_output=True, start_new_session=True)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+        assert not (out / storelib.METADATA).exists()
+    # And once more at a random wall-clock moment.
+    proc = subprocess.Popen([PYTHON, str(REPO / "tools" / "convert.py"), *args,
+                             f"--output_dir={out}"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=random.uniform(0.5, 2.0))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    r = _tool(*args, f"--output_dir={out}")
+    assert r.returncode == 0, r.stderr
+    assert _tree(out) == _tree(reference)
+    assert "already converted" in _tool(*args, f"--output_dir={out}").stdout
