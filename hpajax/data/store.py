@@ -170,7 +170,7 @@ def write_atomic(path: pathlib.Path, data: bytes | str) -> None:
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def finalize(
