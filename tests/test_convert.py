@@ -276,10 +276,12 @@ def killing(fn):
             os.kill(os.getpid(), signal.SIGKILL)
         return fn(*args, **kwargs)
     return wrapped
-if hook == "commit":    # a shard write in flight, its progress not yet recorded
-    convert._wait = killing(convert._wait)
-else:                   # a progress file written but not yet renamed into place
-    store.os.replace = killing(store.os.replace)
+if hook == "shard":     # workers writing shards, the progress not yet recorded
+    store.write_json = killing(store.write_json)
+elif hook == "replace": # a progress file written but not yet renamed into place
+    os.replace = killing(os.replace)
+else:                   # compacted images written, not yet swapped in
+    os.rename = killing(os.rename)
 sys.argv = ["convert"] + sys.argv[3:]
 from absl import app
 sys.path.insert(0, os.path.join(os.getcwd(), "tools"))
@@ -289,14 +291,14 @@ app.run(tool.main)
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
-    ids = [f"r{i:03d}" for i in range(40)]
+    ids = [f"r{i:03d}" for i in range(60)]
     write_quads(tmp_path / "train", ids, size=32, seed=3)
     csv_path = write_csv(tmp_path / "train.csv", [(i, str(k % 28)) for k, i in enumerate(ids)])
     args = [f"--input_dir={tmp_path / 'train'}", f"--labels_csv={csv_path}",
             "--image_size=32", "--shard_samples=4", "--workers=2"]
     reference = convert.convert(_opts(tmp_path / "train", tmp_path / "ref", csv_path)).path
     out = tmp_path / "st"
-    kills = [("commit", 3), ("replace", 5), ("commit", 7)]
+    kills = [("shard", 3), ("replace", 4), ("shard", 3)]
     for hook, n in kills:
         proc = subprocess.run([PYTHON, "-c", KILLER, hook, str(n), *args, f"--output_dir={out}"],
                               cwd=REPO, capture_output=True, start_new_session=True)
@@ -315,3 +317,19 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert r.returncode == 0, r.stderr
     assert _tree(out) == _tree(reference)
     assert "already converted" in _tool(*args, f"--output_dir={out}").stdout
+
+
+def test_sigkill_while_compacting_out_bad_samples_then_resume(kaggle_set, tmp_path):
+    train, csv_path, _ = kaggle_set
+    _damage("corrupt", train, csv_path)
+    reference = convert.convert(_opts(train, tmp_path / "ref", csv_path, skip_bad=True)).path
+    out = tmp_path / "st"
+    args = [f"--input_dir={train}", f"--labels_csv={csv_path}", "--image_size=32",
+            "--shard_samples=4", "--workers=2", "--skip_bad", f"--output_dir={out}"]
+    proc = subprocess.run([PYTHON, "-c", KILLER, "rename", "1", *args],
+                          cwd=REPO, capture_output=True, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (out / "images.compact").is_dir() and not (out / storelib.METADATA).exists()
+    assert _tool(*args).returncode == 0
+    assert _tree(out) == _tree(reference)
+    assert len(open_store(out)) == 23

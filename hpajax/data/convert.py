@@ -1,16 +1,16 @@
 """Parallel, resumable conversion of raw image quads into a store.
 
 The conversion is planned first (label file and file listing checked, every
-input file stat-ed), then samples are decoded in worker processes, in order,
-and written shard by shard. After each shard commits, a progress file records
-how far the plan got, so a conversion killed at any moment resumes from its
-last whole shard and ends bit-identical to an uninterrupted one. The plan's
-fingerprint (inputs, their sizes and mtimes, options) guards the resume and
-makes rerunning a finished conversion a no-op.
+input file stat-ed and fingerprinted), then worker processes each decode a
+shard's samples and write that shard, an atomic file. Shards are recorded in
+a progress file as they complete in order, so a conversion killed at any
+moment resumes after its last recorded shard and ends bit-identical to an
+uninterrupted one. The fingerprint (inputs, their sizes and mtimes, options)
+guards the resume and makes rerunning a finished conversion a no-op.
 
-Bad samples are never written as zeros: they are left out, listed with the
-file or CSV line and the reason, and the store is only finalized if there are
-none or the user asked for ``skip_bad``.
+Bad samples never reach a finished store: they are listed with the file or
+CSV line and the reason, and the store is finalized only if there are none,
+or with ``skip_bad``, after their rows are compacted away.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -208,18 +209,19 @@ def _start_or_resume(out: pathlib.Path, plan: Plan, opts: Options) -> dict:
     if progress_path.is_file():
         progress = json.loads(progress_path.read_text())
         if progress["fingerprint"] == plan.fingerprint:
-            print(f"Resuming the conversion in {out} at sample {progress['next']} "
-                  f"of {len(plan.ids)}")
+            done = min(progress["shards"] * plan.shard_samples, len(plan.ids))
+            print(f"Resuming the conversion in {out} after {done} of {len(plan.ids)} samples")
             return progress
         print(f"Inputs or options changed since the interrupted conversion in {out}; "
               "starting over")
-        shutil.rmtree(out / storelib.IMAGES, ignore_errors=True)
+        for name in (storelib.IMAGES, f"{storelib.IMAGES}.compact"):
+            shutil.rmtree(out / name, ignore_errors=True)
     elif out.exists() and any(out.iterdir()):
         raise ConversionError(
             f"--output_dir={out} is not empty and holds no hpajax conversion; "
             "refusing to write into it")
     out.mkdir(parents=True, exist_ok=True)
-    progress = {"fingerprint": plan.fingerprint, "next": 0, "written": [], "bad": []}
+    progress = {"fingerprint": plan.fingerprint, "shards": 0, "bad": []}
     storelib.write_json(progress_path, progress)
     storelib.create_images(out, max(len(plan.ids), 1), plan.spec.image_size,
                            classes.NUM_CHANNELS, plan.shard_samples, opts.codec)
@@ -229,69 +231,69 @@ def _start_or_resume(out: pathlib.Path, plan: Plan, opts: Options) -> dict:
 # ---------------------------------------------------------------- decoding
 
 
-def _decode(args: tuple[list[str], imagelib.DecodeSpec]):
-    return imagelib.decode_sample(*args)
+@dataclasses.dataclass(frozen=True)
+class _ShardTask:
+    """One shard's worth of plan positions, converted by one worker."""
+
+    out: str
+    first: int
+    ids: list[str]
+    paths: list[list[str]]
+    spec: imagelib.DecodeSpec
+
+
+@functools.lru_cache(maxsize=None)
+def _images_for_write(out: str):
+    """The image array, opened once per (worker) process."""
+    return storelib.open_images(out, write=True)
+
+
+def _convert_shard(task: _ShardTask) -> list[list]:
+    """Decodes a shard's samples and writes the shard; returns its bad samples.
+
+    Workers write their own shards (one atomic file each), so pixels never
+    cross a process boundary and compression runs in parallel too. A bad
+    sample's row stays zero here and is compacted away before finalizing.
+    """
+    size = task.spec.image_size
+    buffer = np.zeros((len(task.ids), size, size, classes.NUM_CHANNELS), np.uint8)
+    bad = []
+    for j, (sample_id, paths) in enumerate(zip(task.ids, task.paths)):
+        array, problems = imagelib.decode_sample(paths, task.spec)
+        if problems:
+            bad.extend([task.first + j, f, sample_id, why] for f, why in problems)
+        else:
+            buffer[j] = array
+    end = task.first + len(task.ids)
+    _images_for_write(task.out)[task.first:end].write(buffer).result()
+    return bad
 
 
 @contextlib.contextmanager
-def _decoder(workers: int) -> Iterator[Callable]:
-    """An ordered map over samples: in-process, or over spawned workers."""
+def _shard_map(workers: int) -> Iterator[Callable]:
+    """An ordered map over shards: in-process, or over spawned workers."""
     if workers <= 1:
         yield map
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield lambda fn, tasks: pool.imap(fn, tasks, chunksize=4)
+        yield lambda fn, tasks: pool.imap(fn, tasks)
 
 
 def _convert_images(plan: Plan, progress: dict, opts: Options) -> dict:
-    """Decodes the remaining samples and writes them shard by shard."""
-    out, k = opts.output_dir, plan.shard_samples
-    images = storelib.open_images(out, write=True)
-    start = progress["next"]
-    written, bad = list(progress["written"]), list(progress["bad"])
-    buffer, pending = [], None
-    tasks = [(p, plan.spec) for p in plan.paths[start:]]
-    bar = tqdm.tqdm(total=len(plan.ids), initial=start, unit="sample", desc="convert")
-    workers = min(opts.workers, max(len(tasks), 1))
-    with _decoder(workers) as imap, bar:
-        for pos, (array, problems) in enumerate(imap(_decode, tasks), start=start):
-            bar.update()
-            if problems:
-                bad.extend([f, plan.ids[pos], why] for f, why in problems)
-                continue
-            buffer.append(array)
-            written.append(pos)
-            if len(buffer) == k:
-                pending = _write_shard(images, out, buffer, written, bad, pos + 1, pending)
-                buffer = []
-        pending = _write_shard(images, out, buffer, written, bad, len(plan.ids), pending)
-        _wait(pending, out)
-    return {"fingerprint": plan.fingerprint, "next": len(plan.ids), "written": written, "bad": bad}
-
-
-def _write_shard(images, out, buffer, written, bad, next_pos, pending):
-    """Starts writing one shard; records the previous one once it has committed.
-
-    One write stays in flight while the next shard decodes, so compression and
-    decoding overlap; progress only ever names shards that are on disk.
-    """
-    future = None
-    if buffer:
-        first = len(written) - len(buffer)
-        future = images[first:len(written)].write(np.stack(buffer))
-    _wait(pending, out)
-    progress = {"next": next_pos, "written": list(written), "bad": list(bad)}
-    return future, progress
-
-
-def _wait(pending, out: pathlib.Path) -> None:
-    if pending is None:
-        return
-    future, progress = pending
-    if future is not None:
-        future.result()
-    old = json.loads((out / PROGRESS).read_text())
-    storelib.write_json(out / PROGRESS, {**old, **progress})
+    """Converts the shards not yet done, recording each as it completes in order."""
+    k, n = plan.shard_samples, len(plan.ids)
+    tasks = [_ShardTask(str(opts.output_dir), first, plan.ids[first:first + k],
+                        plan.paths[first:first + k], plan.spec)
+             for first in range(progress["shards"] * k, n, k)]
+    bar = tqdm.tqdm(total=n, initial=min(progress["shards"] * k, n), unit="sample",
+                    desc="convert")
+    with _shard_map(min(opts.workers, max(len(tasks), 1))) as imap, bar:
+        for task, bad in zip(tasks, imap(_convert_shard, tasks)):
+            progress["bad"].extend(bad)
+            progress["shards"] += 1
+            storelib.write_json(opts.output_dir / PROGRESS, progress)
+            bar.update(len(task.ids))
+    return progress
 
 
 # ---------------------------------------------------------------- finishing
@@ -300,7 +302,7 @@ def _wait(pending, out: pathlib.Path) -> None:
 def _finish(plan: Plan, progress: dict, opts: Options) -> Result:
     """Writes the report; finalizes the store unless bad samples must stop it."""
     out = opts.output_dir
-    problems = plan.problems + [Problem(*b) for b in progress["bad"]]
+    problems = plan.problems + [Problem(*b[1:]) for b in progress["bad"]]
     report = out / storelib.BAD_SAMPLES
     if problems:
         storelib.write_atomic(report, format_report(problems))
@@ -311,18 +313,38 @@ def _finish(plan: Plan, progress: dict, opts: Options) -> Result:
             f"{len(problems)} bad sample(s); nothing was finalized. Report: {report}\n"
             + "".join(f"  {p.where}: {p.sample_id}: {p.why}\n" for p in problems)
             + "Fix them and rerun the same command, or add --skip_bad to convert the rest.")
-    written = progress["written"]
-    if not written:
+    bad_rows = {b[0] for b in progress["bad"]}
+    good = [i for i in range(len(plan.ids)) if i not in bad_rows]
+    if not good:
         raise ConversionError(f"no usable samples in --input_dir={opts.input_dir}")
-    images = storelib.open_images(out, write=True)
-    if images.shape[0] != len(written):
-        images.resize(exclusive_max=[len(written), None, None, None],
-                      resize_metadata_only=True, shrink_only=True).result()
-    labels = None if plan.labels is None else plan.labels[written]
-    storelib.finalize(out, [plan.ids[i] for i in written], labels,
-                      _metadata(plan, opts, len(written), len(problems)))
+    if bad_rows:
+        _compact(out, good, plan, progress, opts.codec)
+    labels = None if plan.labels is None else plan.labels[good]
+    storelib.finalize(out, [plan.ids[i] for i in good], labels,
+                      _metadata(plan, opts, len(good), len(problems)))
     (out / PROGRESS).unlink(missing_ok=True)
-    return Result(out, len(written), problems, already_done=False)
+    return Result(out, len(good), problems, already_done=False)
+
+
+def _compact(out: pathlib.Path, good: list[int], plan: Plan, progress: dict, codec: str) -> None:
+    """Rewrites the image array without the bad rows, then swaps it in.
+
+    The copy goes to ``images.compact``; once complete it is recorded in the
+    progress file, so a kill during the swap is finished by the next run.
+    """
+    compact = out / f"{storelib.IMAGES}.compact"
+    if not progress.get("compacted"):
+        src = storelib.open_images(out)
+        dst = storelib.create_images(out, len(good), plan.spec.image_size, classes.NUM_CHANNELS,
+                                     plan.shard_samples, codec, name=compact.name)
+        for first in range(0, len(good), plan.shard_samples):
+            rows = np.asarray(good[first:first + plan.shard_samples])
+            dst[first:first + len(rows)].write(src[rows].read().result()).result()
+        progress["compacted"] = True
+        storelib.write_json(out / PROGRESS, progress)
+    if compact.exists():
+        shutil.rmtree(out / storelib.IMAGES, ignore_errors=True)
+        os.rename(compact, out / storelib.IMAGES)
 
 
 def _metadata(plan: Plan, opts: Options, n: int, num_bad: int) -> dict:

@@ -46,8 +46,10 @@ CODECS: dict[str, list[dict[str, Any]]] = {
         "cname": "lz4", "clevel": 5, "shuffle": "noshuffle", "typesize": 1}}],
 }
 DEFAULT_CODEC = "zstd1"
-# Aim for shard files of about this many uncompressed bytes.
+# Aim for shard files of about this many uncompressed bytes, and at most this
+# many samples, so small images still give enough shards to convert in parallel.
 _SHARD_BYTES = 64 << 20
+_MAX_SHARD_SAMPLES = 256
 
 
 class StoreError(ValueError):
@@ -56,13 +58,13 @@ class StoreError(ValueError):
 
 def default_shard_samples(image_size: int, channels: int) -> int:
     """Samples per shard file: ~64 MiB raw, so 31,072 samples make few files."""
-    return max(1, _SHARD_BYTES // (image_size * image_size * channels))
+    return max(1, min(_MAX_SHARD_SAMPLES, _SHARD_BYTES // (image_size * image_size * channels)))
 
 
-def _images_spec(path: pathlib.Path) -> dict[str, Any]:
+def _images_spec(path: pathlib.Path, name: str) -> dict[str, Any]:
     return {
         "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": str(path / IMAGES)},
+        "kvstore": {"driver": "file", "path": str(path / name)},
         # Shard indices are tiny and read on every access: keep them cached.
         "context": {"cache_pool": {"total_bytes_limit": 16 << 20}},
     }
@@ -75,13 +77,14 @@ def create_images(
     channels: int = classes.NUM_CHANNELS,
     shard_samples: int | None = None,
     codec: str = DEFAULT_CODEC,
+    name: str = IMAGES,
 ) -> ts.TensorStore:
     """Creates (replacing any old one) the image array of a store for writing."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     shard_samples = shard_samples or default_shard_samples(image_size, channels)
     sample = [1, image_size, image_size, channels]
-    spec = _images_spec(pathlib.Path(path))
+    spec = _images_spec(pathlib.Path(path), name)
     spec["metadata"] = {
         "shape": [num_samples, image_size, image_size, channels],
         "data_type": "uint8",
@@ -99,10 +102,11 @@ def create_images(
     return ts.open(spec, create=True, delete_existing=True).result()
 
 
-def open_images(path: str | os.PathLike, *, write: bool = False) -> ts.TensorStore:
+def open_images(path: str | os.PathLike, *, write: bool = False,
+                name: str = IMAGES) -> ts.TensorStore:
     """Opens the image array of a store (also an unfinished one, for writers)."""
     mode = {"open": True, "read": True, "write": write}
-    return ts.open(_images_spec(pathlib.Path(path)), **mode).result()
+    return ts.open(_images_spec(pathlib.Path(path), name), **mode).result()
 
 
 def shard_samples_of(images: ts.TensorStore) -> int:
