@@ -42,6 +42,7 @@ import tqdm
 from PIL import Image, ImageDraw, ImageFilter
 
 from hpajax import classes
+from hpajax.data import labels as labelslib
 
 _REF_SIZE = 512
 _SPLITS = {"train": 0, "test": 1}  # RNG stream and Id namespace per split
@@ -134,35 +135,19 @@ def _draw_model_labels(num_samples: int, rng: np.random.Generator) -> np.ndarray
 def read_label_sets(path: str | os.PathLike) -> np.ndarray:
     """Multi-hot labels [rows, 28] of a Kaggle-format ``train.csv``.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming
-    the file and line for anything that is not ``Id,Target`` rows with
-    space-separated class numbers 0..27.
+    Raises ``ValueError`` naming the file and line of the first bad row; a
+    label model built on a partly wrong file would silently mislead.
     """
-    path = pathlib.Path(path)
-    rows = []
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["Id", "Target"]:
-            raise ValueError(f"{path}, line 1: expected header 'Id,Target', got {header}")
-        for fields in reader:
-            where = f"{path}, line {reader.line_num}"
-            if len(fields) != 2:
-                raise ValueError(f"{where}: expected 2 fields (Id,Target), got {len(fields)}")
-            tokens = fields[1].split()
-            if not tokens:
-                raise ValueError(f"{where}: empty Target for Id {fields[0]!r}")
-            row = np.zeros(classes.NUM_CLASSES, np.uint8)
-            for token in tokens:
-                if not token.isdigit() or int(token) >= classes.NUM_CLASSES:
-                    raise ValueError(
-                        f"{where}: Target {fields[1]!r} has {token!r}, "
-                        f"not a class number 0..{classes.NUM_CLASSES - 1}")
-                row[int(token)] = 1
-            rows.append(row)
-    if not rows:
+    table, problems = labelslib.read_labels_csv(path)
+    if problems:
+        first = problems[0]
+        raise ValueError(f"{path}: {len(problems)} bad row(s); first at "
+                         f"{first.where}: {first.why}")
+    if table.labels is None:
+        raise ValueError(f"{path}:1: no Target column; expected header 'Id,Target'")
+    if not len(table.labels):
         raise ValueError(f"{path}: no label rows")
-    return np.stack(rows)
+    return table.labels
 
 
 def _labels(num_samples: int, seed: int, labels_csv: str | os.PathLike | None,

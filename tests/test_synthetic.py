@@ -137,11 +137,11 @@ def test_labels_csv_resamples_real_label_sets(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("Id,Label\na,1\n", "line 1: expected header"),
-    ("Id,Target\na,1 2\nb,1 x\n", "line 3: Target '1 x'"),
-    ("Id,Target\na,1 28\n", "line 2: Target '1 28'"),
-    ("Id,Target\na,\n", "line 2: empty Target"),
-    ("Id,Target\na,1,2\n", "line 2: expected 2 fields"),
+    ("Id,Label\na,1\n", ":1: no Target column"),
+    ("Id,Target\na,1 2\nb,1 x\n", "bad.csv:3: label 'x' is not an integer"),
+    ("Id,Target\na,1 28\n", "bad.csv:2: label 28 outside 0..27"),
+    ("Id,Target\na,\n", "bad.csv:2: empty Target"),
+    ("Id,Target\na,1,2\n", "bad.csv:2: malformed row"),
     ("Id,Target\n", "no label rows"),
 ])
 def test_malformed_labels_csv_names_file_and_line(tmp_path, text, message):
