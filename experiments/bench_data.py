@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Data-path throughput, one JSON line per figure.
+
+  python experiments/bench_data.py [--num_samples=512 --image_size=512]
+
+Measures, on one synthetic Kaggle-layout set, side by side:
+  * memcpy of uint8 samples (the physical ceiling),
+  * a single-process PIL loop decoding the PNG quads (the baseline converter),
+  * tools/convert.py's converter with 1 and 2 workers,
+  * the Grain training pipeline over the store per codec (bytes/sample on
+    disk, warm and cold page cache) with 0/1/2 worker processes,
+  * the same Grain pipeline decoding the PNG quads per sample instead.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import grain  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hpajax import synthetic  # noqa: E402
+from hpajax.data import convert, images, pipeline, store  # noqa: E402
+
+flags.DEFINE_string("workdir", "/tmp/hpajax_bench_data", "Scratch directory (reused).")
+flags.DEFINE_integer("num_samples", 512, "Synthetic samples.")
+flags.DEFINE_integer("image_size", 512, "Image side.")
+flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
+flags.DEFINE_integer("batches", 24, "Timed pipeline batches per figure.")
+flags.DEFINE_list("codecs", sorted(store.CODECS), "Codecs to compare.")
+flags.DEFINE_list("workers", ["0", "1", "2"], "Pipeline worker processes to compare.")
+FLAGS = flags.FLAGS
+
+
+def emit(**fields) -> None:
+    print(json.dumps({"bench": "data", **fields}), flush=True)
+
+
+def dir_bytes(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def drop_cache(path: pathlib.Path) -> None:
+    """Evicts a tree's files from the page cache (no root needed)."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def warm_cache(path: pathlib.Path) -> None:
+    """Reads a tree's files once so they sit in the page cache."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            f.read_bytes()
+
+
+def bench_memcpy(size: int) -> None:
+    src = np.random.default_rng(0).integers(0, 255, (256 << 20,), np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    start, reps = time.perf_counter(), 8
+    for _ in range(reps):
+        np.copyto(dst, src)
+    gbps = reps * src.nbytes / (time.perf_counter() - start) / 2**30
+    emit(figure="memcpy", gib_per_s=round(gbps, 2),
+         samples_per_s=round(gbps * 2**30 / (size * size * 4)))
+
+
+def bench_pil_loops(train: pathlib.Path, ids: list[str], size: int, out: pathlib.Path) -> float:
+    """Single-process PIL loops: decode only (a floor for any converter), and the
+    naive converter (decode, then write each sample to a zarr3 array, same codec).
+    Returns the naive converter's rate."""
+    decoded = np.empty((len(ids), size, size, 4), np.uint8)
+    start = time.perf_counter()
+    for k, sample_id in enumerate(ids):
+        for c, path in enumerate(images.channel_paths(str(train), sample_id, "kaggle")):
+            decoded[k, ..., c] = np.asarray(Image.open(path))
+    emit(figure="convert", impl="pil_decode_only_1proc",
+         samples_per_s=round(len(ids) / (time.perf_counter() - start), 1))
+    array = store.create_images(out, len(ids), size, codec=store.DEFAULT_CODEC)
+    start = time.perf_counter()
+    for k, sample_id in enumerate(ids):
+        paths = images.channel_paths(str(train), sample_id, "kaggle")
+        array[k].write(np.stack([np.asarray(Image.open(p)) for p in paths], -1)).result()
+    rate = len(ids) / (time.perf_counter() - start)
+    emit(figure="convert", impl="pil_loop_1proc", codec=store.DEFAULT_CODEC,
+         samples_per_s=round(rate, 1))
+    shutil.rmtree(out)
+    return rate
+
+
+def bench_convert(raw: pathlib.Path, out: pathlib.Path, size: int, workers: int, codec: str,
+                  baseline: float | None) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = convert.convert(convert.Options(
+        format="kaggle", input_dir=raw / "train", output_dir=out, labels_csv=raw / "train.csv",
+        image_size=size, workers=workers, codec=codec))
+    rate = result.num_samples / (time.perf_counter() - start)
+    fields = dict(figure="convert", impl="hpajax", workers=workers, codec=codec,
+                  samples_per_s=round(rate, 1))
+    if baseline:
+        fields["vs_pil_loop"] = round(rate / baseline, 2)
+    emit(**fields)
+
+
+class PngSource:
+    """Decodes a Kaggle PNG quad per sample: the usual PyTorch-script data path."""
+
+    def __init__(self, train: pathlib.Path, ids: list[str]):
+        self.train, self.ids = str(train), ids
+
+    def read_batch(self, positions: np.ndarray) -> dict:
+        quads = [[np.asarray(Image.open(p)) for p in
+                  images.channel_paths(self.train, self.ids[i], "kaggle")] for i in positions]
+        return {"image": np.stack([np.stack(q, axis=-1) for q in quads])}
+
+
+def time_pipeline(ds: grain.IterDataset, batch_size: int, batches: int,
+                  cold: pathlib.Path | None = None) -> float:
+    """Samples/s after two warm-up batches (which also start the workers).
+
+    With ``cold``, that tree is evicted from the page cache after the warm-up.
+    """
+    it = iter(ds)
+    for _ in range(2):
+        next(it)
+    if cold is not None:
+        drop_cache(cold)
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+    assert batch["image"].dtype == np.uint8
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def measure_pipeline(make_ds, files: pathlib.Path, bs: int, batches: int, cold_batches: int,
+                     workers: int, **fields) -> None:
+    """Warm-cache samples/s, and cold-cache too in-process (worker read-ahead blurs it)."""
+    if workers == 0:
+        fields["cold_samples_per_s"] = round(
+            time_pipeline(make_ds(), bs, cold_batches, cold=files))
+    warm_cache(files)
+    warm = time_pipeline(make_ds(), bs, batches)
+    emit(figure="pipeline", workers=workers, warm_samples_per_s=round(warm), **fields)
+
+
+def png_dataset(train: pathlib.Path, ids: list[str], batch_size: int, workers: int):
+    source = PngSource(train, ids)
+    ds = (grain.MapDataset.range(len(ids)).shuffle(0).repeat()
+          .batch(batch_size, drop_remainder=True).map(source.read_batch))
+    return pipeline._to_iter(ds, workers, pipeline.DEFAULT_PREFETCH)
+
+
+def main(argv):
+    del argv
+    size, bs, n = FLAGS.image_size, FLAGS.batch_size, FLAGS.batches
+    work = pathlib.Path(FLAGS.workdir)
+    raw = work / "raw"
+    if not (raw / "train.csv").is_file():
+        synthetic.generate(raw, FLAGS.num_samples, image_size=size, seed=0)
+    ids = [line.split(",")[0] for line in (raw / "train.csv").read_text().splitlines()[1:]]
+    emit(figure="setup", samples=len(ids), image_size=size, batch_size=bs, cpus=os.cpu_count())
+    # Cold batches stay inside the first epoch, past the warm-up and read-ahead.
+    cold_batches = max(1, min(n, len(ids) // bs - 4))
+    bench_memcpy(size)
+    emit(figure="bytes_per_sample", impl="png_quads",
+         bytes=round(dir_bytes(raw / "train") / len(ids)))
+    baseline = bench_pil_loops(raw / "train", ids, size, work / "pil_loop")
+    for workers in (1, 2):
+        bench_convert(raw, work / "store", size, workers, store.DEFAULT_CODEC, baseline)
+    for codec in FLAGS.codecs:
+        out = work / f"store_{codec}"
+        if not (out / store.METADATA).is_file():
+            bench_convert(raw, out, size, 2, codec, None)
+        emit(figure="bytes_per_sample", impl="store", codec=codec,
+             bytes=round(dir_bytes(out / "images") / len(ids)))
+        for workers in map(int, FLAGS.workers):
+            ds = lambda: pipeline.train_dataset(out, None, batch_size=bs, seed=0,  # noqa: E731
+                                                num_workers=workers)
+            measure_pipeline(ds, out, bs, n, cold_batches, workers,
+                             impl="store", codec=codec)
+    for workers in map(int, FLAGS.workers):
+        ds = lambda: png_dataset(raw / "train", ids, bs, workers)  # noqa: E731
+        measure_pipeline(ds, raw / "train", bs, n, cold_batches, workers, impl="png_quads")
+
+
+if __name__ == "__main__":
+    app.run(main)
