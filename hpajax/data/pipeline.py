@@ -213,7 +213,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
-def _to_iter(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.IterDataset:
+def to_iter(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.IterDataset:
     """Turns a MapDataset of batches into an IterDataset with read-ahead.
 
     Each process reads ``prefetch`` batches ahead, concurrently in threads;
@@ -271,7 +271,7 @@ def train_dataset(
     ds = (positions[shard_index::shard_count]
           .batch(batch_size, drop_remainder=True)
           .map(source.read_batch))
-    return _to_iter(ds, num_workers, prefetch)
+    return to_iter(ds, num_workers, prefetch)
 
 
 def eval_positions(num_samples: int, batch_size: int, shard_index: int,
@@ -314,4 +314,4 @@ def eval_dataset(
         raise ValueError("cannot evaluate an empty split")
     table = eval_positions(len(source), batch_size, shard_index, shard_count)
     ds = grain.MapDataset.source(list(table)).map(source.read_padded_batch)
-    return _to_iter(ds, num_workers, prefetch)
+    return to_iter(ds, num_workers, prefetch)
