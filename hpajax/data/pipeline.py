@@ -47,7 +47,7 @@ import tensorstore as ts
 from absl import flags
 
 from hpajax import classes
-from hpajax.data import store as store_lib
+from hpajax.data import store as storelib
 
 Batch = dict[str, np.ndarray]
 
@@ -113,7 +113,7 @@ class StoreSource:
         *,
         channels: Sequence[int] | None = None,
     ):
-        store = store_lib.open_store(store_path)
+        store = storelib.open_store(store_path)
         self._path = str(store.path)
         self._rows = _check_indices(indices, len(store))
         self._labels = None if store.labels is None else (
@@ -149,7 +149,7 @@ class StoreSource:
     def _array(self) -> ts.TensorStore:
         """The image array, opened on first use in this process."""
         if self._images is None:
-            self._images = store_lib.open_images(self._path)
+            self._images = storelib.open_images(self._path)
         return self._images
 
     def _read(self, rows: np.ndarray | int) -> np.ndarray:

@@ -24,9 +24,8 @@ one sample of its ideal for 80/20, 70/10/20 and 5-fold splits, in about a
 second; the ``iterative-stratification`` package (stage 1 only) matches it on
 classes but leaves part sizes 30-100 samples off (``experiments/bench_split.py``).
 
-Splits are saved with a store by ``split_store`` (``tools/split.py``). This
-module is NumPy only; just ``split_store`` imports the store module, which
-needs TensorStore.
+Splits are saved with a store by ``split_store`` (``tools/split.py``); the
+splitting itself is NumPy only.
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from hpajax.data import store as storelib
 
 METHOD = "iterative stratification (Sechidis et al. 2011) + swap repair"
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.7, 0.1, 0.2)
@@ -288,9 +289,6 @@ def split_store(
     deviations. Raises ValueError (StoreError for the store) naming the bad
     argument.
     """
-    # Imported here: the store needs TensorStore, the splitting itself does not.
-    from hpajax.data import store as store_lib
-
     if folds is not None:
         if folds < 2:
             raise ValueError(f"folds must be >= 2, got {folds}")
@@ -304,13 +302,13 @@ def split_store(
         raise ValueError(f"parts must be distinct non-empty names, got {list(parts)}")
     if not name or pathlib.Path(name).name != name:
         raise ValueError(f"name must be a plain file name, got {name!r}")
-    store = store_lib.open_store(store_path)
+    store = storelib.open_store(store_path)
     if store.labels is None:
-        raise store_lib.StoreError(f"store {store.path} is unlabelled (no {store_lib.LABELS}); "
+        raise storelib.StoreError(f"store {store.path} is unlabelled (no {storelib.LABELS}); "
                                    "a stratified split needs labels")
     indices = stratified_split(store.labels, fractions, seed)
     info = {"seed": seed, "fractions": [float(x) for x in fractions], "method": METHOD}
-    path = store_lib.save_split(store.path, name, dict(zip(parts, indices)), info)
+    path = storelib.save_split(store.path, name, dict(zip(parts, indices)), info)
     lines = [f"split {name!r} of {store.path}: {len(store)} samples, seed {seed}",
              *_summary(parts, indices, store.labels, fractions),
              f"wrote {path}"]
