@@ -173,6 +173,17 @@ def test_real_kaggle_pngs_decode_and_report_missing_channels(tmp_path):
     np.testing.assert_array_equal(got[..., 0], np.asarray(want))
 
 
+def test_real_16bit_hpa_field_is_refused_as_a_kaggle_channel(tmp_path):
+    """The raw 2048 px 16-bit HPA field where an 8-bit Kaggle PNG belongs."""
+    raw16 = SHARED / "hpa-samples" / "hpa_raw_png" / "1000_A12_2_green.png"
+    quad = tmp_path / "quad"
+    write_quads(quad, ["a", "b"], size=512)
+    shutil.copy(raw16, quad / "b_green.png")
+    with pytest.raises(convert.ConversionError) as err:
+        convert.convert(_opts(quad, tmp_path / "st", image_size=128))
+    assert f"{quad / 'b_green.png'}: b: 16-bit image, expected 8-bit grayscale" in str(err.value)
+
+
 # ----------------------------------------------------------- bad input
 
 

@@ -1,0 +1,44 @@
+"""The README's main job and the data benchmark, end to end at tiny sizes."""
+
+import json
+import subprocess
+
+import numpy as np
+from conftest import PYTHON, REPO
+
+from hpajax.data import open_store
+
+
+def _demo(workdir):
+    return subprocess.run([PYTHON, "-m", "hpajax.main", "demo", f"--workdir={workdir}",
+                           "--num_samples=60", "--image_size=32", "--workers=2"],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_demo_generates_converts_splits_and_summarizes_then_reuses(tmp_path):
+    r = _demo(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "samples    60 x 32x32x4 uint8 (red, green, blue, yellow)" in r.stdout
+    assert "split 'default'" in r.stdout and "Nucleoplasm" in r.stdout
+    store = open_store(tmp_path / "store")
+    parts = store.split("default")
+    assert [len(p) for p in parts.values()] == [42, 6, 12]
+    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(60))
+    again = _demo(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "reusing the synthetic set" in again.stdout and "reusing the saved split" in again.stdout
+    assert again.stdout.split("store      ")[1] == r.stdout.split("store      ")[1]
+
+
+def test_bench_data_prints_one_json_line_per_figure(tmp_path):
+    r = subprocess.run([PYTHON, str(REPO / "experiments" / "bench_data.py"),
+                        f"--workdir={tmp_path}", "--num_samples=96", "--image_size=32",
+                        "--batches=2", "--codecs=zstd1", "--workers=0"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    figures = {(d["figure"], d.get("impl"), d.get("workers")) for d in lines}
+    assert {("memcpy", None, None), ("convert", "pil_loop_1proc", None),
+            ("convert", "hpajax", 1), ("convert", "hpajax", 2),
+            ("pipeline", "store", 0), ("pipeline", "png_quads", 0)} <= figures
+    assert all(d["bench"] == "data" for d in lines)
