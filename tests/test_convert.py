@@ -344,3 +344,5 @@ def test_sigkill_while_compacting_out_bad_samples_then_resume(kaggle_set, tmp_pa
     assert _tool(*args).returncode == 0
     assert _tree(out) == _tree(reference)
     assert len(open_store(out)) == 23
+    assert "already converted 23 samples" in (rerun := _tool(*args)).stdout
+    assert "1 bad sample(s) skipped" in rerun.stdout

@@ -55,7 +55,7 @@ def main(argv):
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
     verb = "already converted" if result.already_done else "wrote"
-    skipped = f", {len(result.problems)} bad sample(s) skipped" if result.problems else ""
+    skipped = f", {result.num_bad} bad sample(s) skipped" if result.num_bad else ""
     print(f"{verb} {result.num_samples} samples to {result.path}{skipped}")
     return 0
 

@@ -81,7 +81,7 @@ class Result:
 
     path: pathlib.Path
     num_samples: int
-    problems: list[Problem]
+    num_bad: int  # samples left out (--skip_bad)
     already_done: bool
 
 
@@ -91,7 +91,8 @@ def convert(opts: Options) -> Result:
     plan = make_plan(opts)
     out = opts.output_dir
     if _finished(out, plan.fingerprint):
-        return Result(out, len(storelib.open_store(out)), plan.problems, already_done=True)
+        meta = storelib.open_store(out).metadata
+        return Result(out, meta["num_samples"], meta["num_bad"], already_done=True)
     progress = _start_or_resume(out, plan, opts)
     progress = _convert_images(plan, progress, opts)
     return _finish(plan, progress, opts)
@@ -123,20 +124,20 @@ def make_plan(opts: Options) -> Plan:
         except ValueError as e:
             raise ConversionError(str(e)) from None
     else:
-        table, problems = _table_from_files(opts.input_dir, opts.format)
-    keep, stats = [], []
+        table, problems = _table_from_files(opts.input_dir, opts.format), []
+    keep, paths, stats = [], [], []
     for i, sample_id in enumerate(table.ids):
-        paths = imagelib.channel_paths(str(opts.input_dir), sample_id, opts.format)
-        sample_stats, missing = _stat_files(paths)
+        files = imagelib.channel_paths(str(opts.input_dir), sample_id, opts.format)
+        sample_stats, missing = _stat_files(files)
         if missing:
             problems.append(Problem(missing[0], sample_id, "missing channel file"
                                     + "".join(f"; missing {m}" for m in missing[1:])))
             continue
         keep.append(i)
+        paths.append(files)
         stats.append(sample_stats)
     ids = [table.ids[i] for i in keep]
     labels = None if table.labels is None else table.labels[keep]
-    paths = [imagelib.channel_paths(str(opts.input_dir), i, opts.format) for i in ids]
     spec = imagelib.DecodeSpec(opts.format, opts.image_size, _source_size(opts, paths))
     shard = opts.shard_samples or storelib.default_shard_samples(
         opts.image_size, classes.NUM_CHANNELS)
@@ -144,12 +145,12 @@ def make_plan(opts: Options) -> Plan:
     return Plan(ids, labels, paths, problems, spec, shard, fingerprint)
 
 
-def _table_from_files(directory: pathlib.Path, fmt: str) -> tuple[labelslib.LabelTable, list[Problem]]:
+def _table_from_files(directory: pathlib.Path, fmt: str) -> labelslib.LabelTable:
     """Ids from the file names (sorted), when no label file is given."""
     suffixes = [f"_{c}.{imagelib.FORMATS[fmt]}" for c in classes.CHANNELS]
     ids = sorted({name[: -len(s)] for name in os.listdir(directory)
                   for s in suffixes if name.endswith(s)})
-    return labelslib.LabelTable(ids, None, [str(directory)] * len(ids)), []
+    return labelslib.LabelTable(ids, None, [str(directory)] * len(ids))
 
 
 def _stat_files(paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
@@ -323,7 +324,7 @@ def _finish(plan: Plan, progress: dict, opts: Options) -> Result:
     storelib.finalize(out, [plan.ids[i] for i in good], labels,
                       _metadata(plan, opts, len(good), len(problems)))
     (out / PROGRESS).unlink(missing_ok=True)
-    return Result(out, len(good), problems, already_done=False)
+    return Result(out, len(good), len(problems), already_done=False)
 
 
 def _compact(out: pathlib.Path, good: list[int], plan: Plan, progress: dict, codec: str) -> None:
