@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -236,17 +235,20 @@ def _start_or_resume(out: pathlib.Path, plan: Plan, opts: Options) -> dict:
 class _ShardTask:
     """One shard's worth of plan positions, converted by one worker."""
 
-    out: str
     first: int
     ids: list[str]
     paths: list[list[str]]
     spec: imagelib.DecodeSpec
 
 
-@functools.lru_cache(maxsize=None)
-def _images_for_write(out: str):
-    """The image array, opened once per (worker) process."""
-    return storelib.open_images(out, write=True)
+# The image array this process writes shards to, opened once per conversion
+# (per worker process) by _open_images_for_write.
+_images_for_write = None
+
+
+def _open_images_for_write(out: str) -> None:
+    global _images_for_write
+    _images_for_write = storelib.open_images(out, write=True)
 
 
 def _convert_shard(task: _ShardTask) -> list[list]:
@@ -266,29 +268,33 @@ def _convert_shard(task: _ShardTask) -> list[list]:
         else:
             buffer[j] = array
     end = task.first + len(task.ids)
-    _images_for_write(task.out)[task.first:end].write(buffer).result()
+    _images_for_write[task.first:end].write(buffer).result()
     return bad
 
 
 @contextlib.contextmanager
-def _shard_map(workers: int) -> Iterator[Callable]:
-    """An ordered map over shards: in-process, or over spawned workers."""
+def _shard_map(workers: int, out: pathlib.Path) -> Iterator[Callable]:
+    """An ordered map over shards writing to ``out``: in-process, or in spawned workers."""
     if workers <= 1:
+        _open_images_for_write(str(out))
         yield map
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _open_images_for_write, (str(out),)) as pool:
         yield lambda fn, tasks: pool.imap(fn, tasks)
 
 
 def _convert_images(plan: Plan, progress: dict, opts: Options) -> dict:
     """Converts the shards not yet done, recording each as it completes in order."""
     k, n = plan.shard_samples, len(plan.ids)
-    tasks = [_ShardTask(str(opts.output_dir), first, plan.ids[first:first + k],
+    tasks = [_ShardTask(first, plan.ids[first:first + k],
                         plan.paths[first:first + k], plan.spec)
              for first in range(progress["shards"] * k, n, k)]
+    if not tasks:  # all shards done (the images may be mid-compaction)
+        return progress
     bar = tqdm.tqdm(total=n, initial=min(progress["shards"] * k, n), unit="sample",
                     desc="convert")
-    with _shard_map(min(opts.workers, max(len(tasks), 1))) as imap, bar:
+    with _shard_map(min(opts.workers, max(len(tasks), 1)), opts.output_dir) as imap, bar:
         for task, bad in zip(tasks, imap(_convert_shard, tasks)):
             progress["bad"].extend(bad)
             progress["shards"] += 1
