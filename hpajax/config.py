@@ -1,0 +1,52 @@
+"""The base training config every file in ``experiments/configs`` starts from.
+
+Each field is documented where it is set; config files override a few and
+the command line any (``--config.batch_size=8``).
+"""
+
+import ml_collections
+
+from hpajax import augment
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Our defaults: the seed's model and optimizer on all four channels."""
+    c = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()
+    c.data.store = "runs/demo/store"  # converted store (tools/convert.py)
+    c.data.split = "default"  # split saved with the store (tools/split.py)
+    c.data.train_part, c.data.eval_part, c.data.test_part = "train", "val", "test"
+    c.data.channels = (0, 1, 2, 3)  # red, green, blue, yellow; the seed used (0, 1, 2)
+    c.data.num_workers = 0  # Grain worker processes (0: in-process threads, see BENCHMARKS.md)
+
+    c.batch_size = 32  # global batch, split over all devices
+    c.eval_batch_size = 64
+    c.total_steps = 10_000
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3  # the last K, plus the best by best_metric
+    c.best_metric, c.best_mode = "macro_f1", "max"
+    c.seed = 0
+    c.bn_recalibration_batches = 20  # exact BatchNorm statistics before each evaluation
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kernel_size = 3
+    c.model.filters = (32, 64, 128, 256)
+    c.model.head = (512, 256)
+    c.model.dtype = "float32"  # or "bfloat16" (params and BN statistics stay float32)
+
+    c.optimizer = ml_collections.ConfigDict()  # the seed's Table 4
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+    c.optimizer.eps = 1e-7  # Keras' Adam epsilon
+    c.optimizer.weight_decay = 1e-8
+    c.optimizer.plateau_factor = 0.1  # LR x0.1 ...
+    c.optimizer.plateau_patience = 3  # ... after 3 evaluations without val-loss improvement
+
+    c.loss = "bce"  # or "focal"
+    c.focal_gamma = 2.0
+    c.pos_weight = False  # weight positives by the training split's negative/positive ratio
+
+    c.augment = augment.default_config()
+    return c

@@ -1,0 +1,59 @@
+"""Training logs: a progress line, ``metrics.jsonl`` and TensorBoard events.
+
+On resume, records past the restored step are dropped from ``metrics.jsonl``
+and from TensorBoard (``purge_step``): the run redoes those steps, so the
+logs hold each step once, as the resumed run computed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from tensorboardX import SummaryWriter
+
+from hpajax.data import store as storelib
+
+
+class MetricsLog:
+    """Appends metrics records (JSONL) and TensorBoard scalars, process 0 only."""
+
+    def __init__(self, workdir: str | os.PathLike, start_step: int):
+        workdir = pathlib.Path(workdir)
+        self.path = workdir / "metrics.jsonl"
+        self.tensorboard_dir = workdir / "tensorboard"
+        _truncate_after(self.path, start_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        """Records one event; numbers also go to TensorBoard as ``split/name``."""
+        self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self._file.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _truncate_after(path: pathlib.Path, step: int) -> None:
+    """Keeps only the records of steps <= ``step`` (atomically)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= step]
+    storelib.write_atomic(path, "".join(kept))
+
+
+def progress_line(step: int, total: int, epoch: float, loss: float, lr: float,
+                  images_per_s: float | None, batch_size: int) -> str:
+    """``step 120/600 (epoch 2.7) loss 0.1834 lr 1.0e-03 31.2 img/s ETA 4m12s``."""
+    line = f"step {step}/{total} (epoch {epoch:.1f}) loss {loss:.4f} lr {lr:.1e}"
+    if not images_per_s:
+        return line
+    eta = (total - step) * batch_size / images_per_s
+    return f"{line} {images_per_s:.1f} img/s ETA {int(eta // 60)}m{int(eta % 60):02d}s"
