@@ -11,14 +11,18 @@ from hpajax.data import open_store
 
 def _demo(workdir):
     return subprocess.run([PYTHON, "-m", "hpajax.main", "demo", f"--workdir={workdir}",
-                           "--num_samples=60", "--image_size=32", "--workers=2"],
+                           "--num_samples=60", "--image_size=80", "--workers=2",
+                           "--train_steps=4"],
                           capture_output=True, text=True, cwd=REPO)
 
 
-def test_demo_generates_converts_splits_and_summarizes_then_reuses(tmp_path):
+def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path):
     r = _demo(tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "samples    60 x 32x32x4 uint8 (red, green, blue, yellow)" in r.stdout
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "samples    60 x 80x80x4 uint8 (red, green, blue, yellow)" in r.stdout
+    assert "step 4/4" in r.stdout
+    assert "test split, best checkpoint (step 4): macro-F1" in r.stdout
+    assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
     assert "split 'default'" in r.stdout and "Nucleoplasm" in r.stdout
     store = open_store(tmp_path / "store")
     parts = store.split("default")
@@ -27,7 +31,8 @@ def test_demo_generates_converts_splits_and_summarizes_then_reuses(tmp_path):
     again = _demo(tmp_path)
     assert again.returncode == 0, again.stderr
     assert "reusing the synthetic set" in again.stdout and "reusing the saved split" in again.stdout
-    assert again.stdout.split("store      ")[1] == r.stdout.split("store      ")[1]
+    assert "resumed from" in again.stdout and "at step 4" in again.stdout
+    assert again.stdout.split("test split")[1] == r.stdout.split("test split")[1]
 
 
 def test_bench_data_prints_one_json_line_per_figure(tmp_path):

@@ -1,0 +1,343 @@
+"""Training: state, jitted data-parallel steps, BatchNorm recalibration, the loop.
+
+One ``Mesh`` over all devices with a ``data`` axis: batches are sharded on
+it, the state is replicated, and XLA inserts the cross-device reductions
+(BatchNorm statistics and gradients are those of the global batch). The
+steps are ``jax.jit``-compiled with the state donated; training metrics are
+summed on device and fetched only at log intervals.
+
+BatchNorm with the seed's momentum 0.99 keeps its running statistics far
+from the data for hundreds of steps (they start at mean 0, variance 1 while
+HPA channels average ~17/255), so before every evaluation the statistics are
+recomputed exactly over ``config.bn_recalibration_batches`` training
+batches; the weights are unchanged. The recalibration batches come from a
+fixed-seed iterator restarted each time, so it is a pure function of the
+weights and keeps resumed runs identical to uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hpajax import augment, checkpointing, evaluate, logs, losses
+from hpajax import model as model_lib
+from hpajax.data import open_store, pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; saved whole in every checkpoint."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    plateau: Any  # optax.contrib.reduce_on_plateau state: the LR scale and its counters
+    rng: jax.Array  # raw PRNG key; step t augments with fold_in(rng, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of a run: data, model, optimizer, compiled steps."""
+
+    config: ml_collections.ConfigDict
+    store_path: pathlib.Path
+    train_indices: np.ndarray
+    image_shape: tuple[int, int, int]
+    mesh: Mesh
+    model: model_lib.SeedCNN
+    tx: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+    train_step: Any
+    eval_step: Any
+    moments_step: Any
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("data"))
+
+
+def make_mesh(batch_size: int) -> Mesh:
+    """A 1-D ``data`` mesh over every device; the batch must divide evenly."""
+    devices = jax.devices()
+    if batch_size % len(devices):
+        raise ValueError(f"config.batch_size={batch_size} does not divide by the "
+                         f"{len(devices)} devices; use a multiple of {len(devices)}")
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam as the seed's Table 4, with decoupled weight decay."""
+    return optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                       weight_decay=cfg.weight_decay)
+
+
+def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
+               aug_cfg) -> tuple[TrainState, dict]:
+    """One optimizer step on an augmented global batch; adds the loss to ``acc``."""
+    images = augment.augment(jax.random.fold_in(state.rng, state.step), batch["image"], aug_cfg)
+    labels = batch["label"].astype(jnp.float32)
+
+    def compute(params):
+        logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      images, train=True, mutable=["batch_stats"])
+        return loss_fn(logits, labels).mean(), updated["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+    return state, {"loss": acc["loss"] + loss, "steps": acc["steps"] + 1}
+
+
+def eval_step(state: TrainState, batch: dict, *, model, loss_fn) -> dict:
+    """Probabilities and the masked loss sum of an un-augmented batch."""
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         augment.to_float(batch["image"]), train=False)
+    loss = loss_fn(logits, batch["label"].astype(jnp.float32))
+    mask = batch["mask"]
+    return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(),
+            "probs": jax.nn.sigmoid(logits)}
+
+
+def moments_step(state: TrainState, batch: dict, *, model) -> dict:
+    """Each BatchNorm's batch mean and mean of squares, in training mode."""
+    _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             augment.to_float(batch["image"]), train=True,
+                             mutable=["batch_stats"])
+    flat = traverse_util.flatten_dict(updated["batch_stats"])
+    return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
+            for k, v in flat.items()}
+
+
+def make_setup(config: ml_collections.ConfigDict) -> Setup:
+    """Opens the data and builds the model, optimizer and compiled steps."""
+    store = open_store(config.data.store)
+    train_indices = store.split(config.data.split)[config.data.train_part]
+    size = store.image_size
+    image_shape = (size, size, len(config.data.channels))
+    mesh = make_mesh(config.batch_size)
+    model = model_lib.from_config(config.model)
+    pos_weight = (losses.positive_weights(store.labels[train_indices])
+                  if config.pos_weight else None)
+    loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
+    tx = make_optimizer(config.optimizer)
+    plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
+                                              patience=config.optimizer.plateau_patience)
+    rep = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    train = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
+                                      aug_cfg=config.augment),
+                    in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                    donate_argnums=(0, 2))
+    evaluate_ = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn),
+                        in_shardings=(rep, data),
+                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
+    moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0)),
+                      in_shardings=(rep, data), out_shardings=rep)
+    return Setup(config, store.path, train_indices, image_shape, mesh, model, tx, plateau,
+                 train, evaluate_, moments)
+
+
+def init_state(setup: Setup) -> TrainState:
+    """Fresh, replicated state from ``config.seed``."""
+    init_key, aug_key = jax.random.split(jax.random.PRNGKey(setup.config.seed))
+    dummy = jnp.zeros((1, *setup.image_shape), jnp.float32)
+    variables = jax.jit(functools.partial(setup.model.init, train=False))(init_key, dummy)
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables["batch_stats"], opt_state=setup.tx.init(params),
+                       plateau=setup.plateau.init(params), rng=aug_key)
+    return jax.device_put(state, setup.replicated)
+
+
+def to_device(setup: Setup, batch: dict) -> dict:
+    """This process's slice of a global batch, as arrays sharded on ``data``."""
+    return {k: jax.make_array_from_process_local_data(setup.batch_sharding, v)
+            for k, v in batch.items() if k != "index"}
+
+
+def train_batches(setup: Setup, seed: int, num_workers: int = 0) -> Any:
+    """This process's shard of shuffled training batches."""
+    cfg = setup.config
+    return pipeline.train_dataset(
+        setup.store_path, setup.train_indices, batch_size=cfg.batch_size // jax.process_count(),
+        seed=seed, channels=cfg.data.channels, num_workers=num_workers,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+
+
+def recalibrate_batch_stats(setup: Setup, state: TrainState) -> TrainState:
+    """Replaces the running BatchNorm statistics by exact ones; weights unchanged.
+
+    Means and variances are those of the union of the first
+    ``config.bn_recalibration_batches`` batches of a fixed-seed shuffle of
+    the training split, un-augmented like evaluation inputs, each layer
+    seeing the previous layers normalized as in training.
+    """
+    n = setup.config.bn_recalibration_batches
+    if n <= 0:
+        return state
+    batches = iter(train_batches(setup, seed=setup.config.seed + 1))  # in-process: a few batches
+    total = None
+    for _ in range(n):
+        m = setup.moments_step(state, to_device(setup, next(batches)))
+        total = m if total is None else jax.tree.map(jnp.add, total, m)
+    avg = {k: v / n for k, v in total.items()}
+    stats = {k: v - avg[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
+             for k, v in avg.items()}
+    return state.replace(batch_stats=traverse_util.unflatten_dict(stats))
+
+
+def evaluate_split(setup: Setup, state: TrainState, indices: np.ndarray) -> dict[str, float]:
+    """Loss, macro-F1 and weighted-F1 at threshold 0.5 over one split."""
+    cfg = setup.config
+    ds = pipeline.eval_dataset(setup.store_path, indices, batch_size=cfg.eval_batch_size,
+                               channels=cfg.data.channels, shard_index=jax.process_index(),
+                               shard_count=jax.process_count())
+    loss_sum, count, probs, labels = 0.0, 0, [], []
+    for batch in ds:
+        out = jax.device_get(setup.eval_step(state, to_device(setup, batch)))
+        loss_sum, count = loss_sum + float(out["loss_sum"]), count + int(out["count"])
+        probs.append(out["probs"][batch["mask"]])
+        labels.append(batch["label"][batch["mask"]])
+    y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
+    return {"loss": loss_sum / count, **evaluate.f1_scores(y_true, y_prob),
+            "no_skill_macro_f1": no_skill_macro_f1(y_true)}
+
+
+def no_skill_macro_f1(y_true: np.ndarray) -> float:
+    """Macro-F1 of the best input-blind rule per class (always or never positive)."""
+    prevalence = np.asarray(y_true, np.float64).mean(0)
+    return float((2 * prevalence / (1 + prevalence)).mean())
+
+
+def update_plateau(setup: Setup, state: TrainState, val_loss: float) -> TrainState:
+    """Feeds a validation loss to the LR plateau rule (x factor after patience evals)."""
+    _, plateau = setup.plateau.update({}, state.plateau, value=jnp.float32(val_loss))
+    return state.replace(plateau=jax.device_put(plateau, setup.replicated))
+
+
+def zero_acc(setup: Setup) -> dict:
+    """Empty on-device training-metric sums (loss, steps) for ``train_step``."""
+    return jax.device_put({"loss": jnp.float32(0), "steps": jnp.int32(0)}, setup.replicated)
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
+    if path.exists() and path.read_text() != text:
+        print(f"note: the config differs from the one saved in {path}; saving the new one")
+    path.write_text(text)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains to ``config.total_steps`` (resuming from the latest checkpoint).
+
+    Returns the last validation metrics.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _save_config(config, workdir)
+    setup = make_setup(config)
+    val_indices = open_store(setup.store_path).split(config.data.split)[config.data.eval_part]
+    state = init_state(setup)
+    train_iter = iter(train_batches(setup, config.seed, config.data.num_workers))
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
+                                      config.best_metric, config.best_mode)
+    start = ckpt.latest_step() or 0
+    if start:
+        state = ckpt.restore(start, state, train_iter)
+        print(f"resumed from {workdir / 'checkpoints'} at step {start}")
+    log = logs.MetricsLog(workdir, start)
+    print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
+    metrics = _loop(setup, state, train_iter, val_indices, ckpt, log, start)
+    ckpt.close()
+    log.close()
+    return metrics
+
+
+def _loop(setup: Setup, state: TrainState, train_iter: Iterator, val_indices: np.ndarray,
+          ckpt: checkpointing.Checkpointer, log: logs.MetricsLog, start: int) -> dict:
+    cfg = setup.config
+    acc, metrics, clock = zero_acc(setup), {}, None
+    for step in range(start + 1, cfg.total_steps + 1):
+        state, acc = setup.train_step(state, to_device(setup, next(train_iter)), acc)
+        if clock is None:  # time from the end of the first (compiling) step
+            jax.block_until_ready(acc)
+            clock = (time.perf_counter(), step)
+        last = step == cfg.total_steps
+        if step % cfg.log_every == 0 or last:
+            clock = _log_train(setup, state, acc, log, step, clock)
+            acc = zero_acc(setup)
+        evaluated = step % cfg.eval_every == 0 or last
+        if evaluated:
+            state = recalibrate_batch_stats(setup, state)
+            metrics = evaluate_split(setup, state, val_indices)
+            state = update_plateau(setup, state, metrics["loss"])
+            log.write(step, "val", metrics)
+            print(f"step {step} val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if evaluated or step % cfg.checkpoint_every == 0:
+            sha = checkpointing.params_sha256(state.params, state.batch_stats)
+            ckpt.save(step, state, train_iter.get_state(), metrics if evaluated else None)
+            log.write(step, "checkpoint", {"params_sha256": sha})
+            clock = (time.perf_counter(), step)  # training speed excludes evaluation
+    return metrics
+
+
+def _log_train(setup, state, acc, log, step, clock):
+    """Fetches the summed training loss (the only host sync) and logs it."""
+    acc = jax.device_get(acc)
+    now, (then, then_step) = time.perf_counter(), clock
+    cfg = setup.config
+    lr = cfg.optimizer.learning_rate * float(state.plateau.scale)
+    loss = float(acc["loss"] / max(int(acc["steps"]), 1))
+    epoch = step * cfg.batch_size / len(setup.train_indices)
+    values = {"loss": loss, "lr": lr, "epoch": epoch}
+    images_per_s = None
+    if step > then_step:  # not on the step right after (re)compiling
+        images_per_s = values["images_per_s"] = (step - then_step) * cfg.batch_size / (now - then)
+    log.write(step, "train", values)
+    print(logs.progress_line(step, cfg.total_steps, epoch, loss, lr, images_per_s,
+                             cfg.batch_size), flush=True)
+    return now, step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, part: str,
+                        step: int | None = None) -> tuple[int, dict[str, float]]:
+    """Metrics of a saved step (default: the best) on a split part, e.g. "test"."""
+    setup = make_setup(config)
+    ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
+                                      config.keep_checkpoints, config.best_metric,
+                                      config.best_mode)
+    step = ckpt.best_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    state = ckpt.restore(step, init_state(setup))
+    ckpt.close()
+    indices = open_store(setup.store_path).split(config.data.split)[part]
+    return step, evaluate_split(setup, state, indices)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    return ml_collections.ConfigDict(json.loads((pathlib.Path(workdir) / "config.json").read_text()))
