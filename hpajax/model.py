@@ -46,18 +46,22 @@ def min_input_size(kernel_size: int, num_blocks: int = 4) -> int:
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2×2 max-pool, stride 2, VALID (odd last row/column dropped), NHWC.
 
-    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, computed as a
-    max over a reshaped ``[B, H/2, 2, W/2, 2, C]`` view. On XLA:CPU its
-    backward pass is several times faster than ``reduce_window``'s
-    ``select_and_scatter``. Gradients equal ``nn.max_pool``'s where each
-    window's maximum is unique; on ties this one splits the gradient evenly
-    between the tied inputs, ``nn.max_pool`` gives it all to one. (After a
-    ReLU the common tie, an all-zero window, gets zero gradient either way.)
+    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, computed as
+    elementwise maxima of strided slices: rows first, then columns. On XLA:CPU
+    this is the fastest exact form measured: its backward pass avoids
+    ``reduce_window``'s slow ``select_and_scatter`` (a full training step is
+    1.2x faster), and unlike a max over a reshaped ``[.., 2, .., 2, ..]`` view
+    it is not a reduction that XLA:CPU hands to YNNPACK (inference 1.3-1.45x
+    faster). Gradients equal ``nn.max_pool``'s where each window's maximum is
+    unique. On ties ``nn.max_pool`` gives the whole gradient to one input;
+    here each pairwise ``maximum`` splits it evenly (an all-equal window gets
+    1/4 each). After a ReLU the common tie, an all-zero window, gets zero
+    gradient either way.
     """
-    b, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, : 2 * h2, : 2 * w2, :].reshape(b, h2, 2, w2, 2, c)
-    return x.max(axis=(2, 4))
+    height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    x = x[:, :height, :width]
+    rows = jnp.maximum(x[:, 0::2], x[:, 1::2])
+    return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
 
 
 class SeedCNN(nn.Module):

@@ -77,8 +77,10 @@ def _accelerator_plugin_installed() -> bool:
 
 
 def cpu_is_compute_platform(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Whether JAX will compute on the CPU: ``JAX_PLATFORMS`` (if set) names
-    ``cpu`` first and no accelerator plugin is installed."""
+    """Whether JAX will surely compute on the CPU and nothing else parses
+    ``XLA_FLAGS``: ``JAX_PLATFORMS`` (if set) names ``cpu`` first and no
+    accelerator plugin is installed. An installed plugin counts against even
+    under ``JAX_PLATFORMS=cpu``: JAX loads every discovered plugin library."""
     platforms = environ.get("JAX_PLATFORMS", "").strip()
     if platforms and platforms.split(",")[0].strip().lower() != "cpu":
         return False

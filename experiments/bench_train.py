@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Training and evaluation step throughput, one JSON line per figure.
+
+  .venv/bin/python experiments/bench_train.py [--sizes=128,256,512] [--batch_sizes=8,32]
+      [--dtypes=float32,bfloat16] [--channels=4] [--max_seconds_per_figure=20] [--notorch]
+
+For every image size, batch size and model dtype it times, on synthetic
+random uint8 images and multi-hot labels, the real jitted steps of
+``hpajax.train`` built as ``make_setup`` builds them (state donated, batches
+sharded over a ``data`` mesh of all devices):
+
+  * ``train``: img/s of ``train_step`` (augmentation on, as in training) on a
+    batch already on the device; with ``--no_augment_too`` also with
+    augmentation off (float32 only), as ``"augment": false``;
+  * ``eval``: img/s of ``eval_step`` (on the same batch with a full ``mask``);
+  * ``compile``: seconds to lower and compile each step;
+  * ``host_overhead``: seconds per train step when every step also takes a
+    fresh host NumPy batch through ``hpajax.train.to_device`` and only the
+    end of the loop syncs, as in the real loop, next to the pure device step
+    time and their difference.
+
+Steps are timed with ``jax.block_until_ready`` after one warm-up step; at
+most ``--steps`` of them, fewer when a step is slow, so that each figure's
+timed steps take about ``--max_seconds_per_figure``. Each timed figure also
+gives the host cores this process kept busy (``cores_used``) and those other
+processes did meanwhile (``other_cores``): on a shared machine, figures with
+``other_cores`` well above 0 are not comparable. A combination is
+skipped, with a ``skip`` line, when its step is predicted (from the smaller
+sizes' per-pixel time) to take longer than that, or when the compiled step
+would not fit in the device's memory.
+
+With ``--torch`` (the default when ``import torch`` works) the PyTorch
+reference of ``experiments/torch_reference.py`` runs the same sizes, batches
+and channels in float32 on ``torch.set_num_threads(<cores>)`` threads, as
+``"impl": "torch"`` lines, each followed by a ``ratio`` line: JAX float32
+img/s over torch img/s, against the targets of 1.25 (train) and 1.0 (eval),
+flagged ``contended`` when other processes competed (torch's OpenMP threads
+then slow down far more than XLA's, which flatters JAX). The same script runs unchanged on a GPU (the setup line names the device).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from hpajax import augment, classes, losses, train, xla_defaults  # noqa: E402
+from hpajax import model as model_lib  # noqa: E402
+from hpajax.config import base_config  # noqa: E402
+
+_SIZES = flags.DEFINE_list("sizes", ["128", "256", "512"], "Image sides, in px.")
+_BATCHES = flags.DEFINE_list("batch_sizes", ["8", "32"], "Global batch sizes.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "config.model.dtype values.")
+_CHANNELS = flags.DEFINE_integer("channels", 4, "Image channels (the seed used 3, RGB).")
+_STEPS = flags.DEFINE_integer("steps", 3, "Most timed steps per figure, after a warm-up step.")
+_MAX_SECONDS = flags.DEFINE_float(
+    "max_seconds_per_figure", 20.0,
+    "Time budget of each figure's timed steps; slower combinations are skipped.")
+_NO_AUGMENT_TOO = flags.DEFINE_boolean(
+    "no_augment_too", True, "Also time the float32 train step with augmentation off.")
+_TORCH = flags.DEFINE_boolean(
+    "torch", None, "Run the PyTorch reference too (default: when torch is importable).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and the model.")
+
+TARGETS = {"train": 1.25, "eval": 1.0}  # JAX float32 img/s over torch img/s, on CPU
+_HOST_BATCHES = 3  # distinct host batches cycled through by the host-overhead loop
+_CHECK_SIZE, _CHECK_BATCH = 128, 4  # the torch-vs-JAX numerical check's input
+_CONTENDED_CORES = 0.25  # other processes' busy cores above which a ratio is flagged
+
+
+def emit(**fields) -> None:
+    """Prints one JSON line, floats rounded to 4 significant digits."""
+    fields = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in fields.items()}
+    print(json.dumps({"bench": "train", **fields}), flush=True)
+
+
+def make_config(dtype: str, augment_on: bool = True) -> ml_collections.ConfigDict:
+    """``base_config()`` with the model dtype set, augmentation on or all off."""
+    config = base_config()
+    config.model.dtype = dtype
+    if not augment_on:
+        for op in ("rotate", "zoom", "brightness", "hflip", "vflip"):
+            config.augment[op] = False
+    return config
+
+
+def make_bench_setup(config: ml_collections.ConfigDict, batch_size: int,
+                     image_shape: tuple[int, int, int]) -> train.Setup:
+    """A ``train.Setup`` without data, its steps jitted as ``train.make_setup`` does."""
+    mesh = train.make_mesh(batch_size)
+    model = model_lib.from_config(config.model)
+    loss_fn = losses.make_loss(config.loss, config.focal_gamma, None)
+    tx = train.make_optimizer(config.optimizer)
+    plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
+                                              patience=config.optimizer.plateau_patience)
+    rep = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    train_step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                           loss_fn=loss_fn, aug_cfg=config.augment),
+                         in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                         donate_argnums=(0, 2))
+    eval_step = jax.jit(functools.partial(train.eval_step, model=model, loss_fn=loss_fn),
+                        in_shardings=(rep, data),
+                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
+    return train.Setup(config, store_path=None, train_indices=None, image_shape=image_shape,
+                       mesh=mesh, model=model, tx=tx, plateau=plateau, train_step=train_step,
+                       eval_step=eval_step, moments_step=None)
+
+
+def host_batch(rng: np.random.Generator, batch_size: int, size: int,
+               channels: int) -> dict[str, np.ndarray]:
+    """A training batch: random uint8 images and multi-hot labels (~1.5 per image)."""
+    return {"image": rng.integers(0, 256, (batch_size, size, size, channels), np.uint8),
+            "label": (rng.random((batch_size, classes.NUM_CLASSES)) < 1.5 / 28).astype(np.uint8)}
+
+
+def memory_limit_bytes() -> int:
+    """The first device's memory, or the host's available memory on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Arguments, outputs and temporaries of a compiled step, if XLA reports them."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+class Budget:
+    """Decides how many steps to time and which combinations to skip.
+
+    Remembers the last measured seconds per image pixel of each kind of
+    step and predicts a larger combination's step time from it.
+    """
+
+    def __init__(self, max_seconds: float, max_steps: int):
+        self.max_seconds, self.max_steps = max_seconds, max_steps
+        self._per_pixel: dict[tuple, float] = {}
+
+    def too_slow(self, kind: tuple, batch_size: int, size: int) -> float | None:
+        """The predicted step seconds if over the budget, else None."""
+        rate = self._per_pixel.get(kind)
+        predicted = None if rate is None else rate * batch_size * size * size
+        return predicted if predicted is not None and predicted > self.max_seconds else None
+
+    def steps(self, kind: tuple, batch_size: int, size: int, warm_seconds: float) -> int:
+        """Steps to time after a warm-up step of ``warm_seconds``; records the rate."""
+        self._per_pixel[kind] = warm_seconds / (batch_size * size * size)
+        return int(min(self.max_steps, max(1, self.max_seconds // max(warm_seconds, 1e-9))))
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """Busy CPU seconds of the whole host and of this process, or None off Linux."""
+    try:
+        ticks = [int(t) for t in pathlib.Path("/proc/stat").read_text().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, dict]:
+    """Seconds ``fn()`` takes, its result blocked on (a no-op for non-JAX results),
+    and the host cores this process and all others kept busy meanwhile
+    (``cores_used``, ``other_cores``: how parallel the step is, and whether
+    other work competed with it)."""
+    before, start = _cpu_seconds(), time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds, after = time.perf_counter() - start, _cpu_seconds()
+    if before is None or after is None:
+        return seconds, {}
+    own, total = (after[1] - before[1]) / seconds, (after[0] - before[0]) / seconds
+    return seconds, {"cores_used": round(own, 2), "other_cores": round(max(total - own, 0.0), 2)}
+
+
+def zero_acc(setup: train.Setup) -> dict:
+    """A fresh train-loss accumulator, as the real loop starts one."""
+    return jax.device_put({"loss": jnp.float32(0), "steps": jnp.int32(0)}, setup.replicated)
+
+
+def time_steps(step: Callable[[], object], budget: Budget, kind: tuple, batch_size: int,
+               size: int) -> dict:
+    """A warm-up ``step()``, then as many timed ones as the budget allows; figure fields.
+
+    Only the last step's result is waited for (a donated one may be gone):
+    one device runs its steps in order.
+    """
+    warm_s, _ = timed(step)
+    n = budget.steps(kind, batch_size, size, warm_s)
+    total, cores = timed(lambda: [step() for _ in range(n)][-1])
+    return {"img_per_s": batch_size * n / total, "step_s": total / n, "steps": n, **cores}
+
+
+def too_slow(budget: Budget, kind: tuple, batch_size: int, size: int, labels: dict,
+             **fields) -> bool:
+    """Whether the budget rules a step out; if so, says so in a ``skip`` line."""
+    predicted = budget.too_slow(kind, batch_size, size)
+    if predicted is not None:
+        emit(figure="skip", impl=kind[0], what=kind[1], **labels, **fields, reason="too slow",
+             predicted_step_s=predicted)
+    return predicted is not None
+
+
+def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget,
+                    labels: dict, augment_on: bool) -> dict | None:
+    """Train, compile and (with augmentation) host-overhead figures; returns the train one."""
+    batch_size, size = len(host_batches[0]["image"]), setup.image_shape[0]
+    kind = ("jax", "train", setup.config.model.dtype, augment_on)
+    if too_slow(budget, kind, batch_size, size, labels, augment=augment_on):
+        return None
+    state, acc = train.init_state(setup), zero_acc(setup)
+    batch = train.to_device(setup, host_batches[0])
+    start = time.perf_counter()
+    compiled = setup.train_step.lower(state, batch, acc).compile()
+    compile_s = time.perf_counter() - start
+    needed, limit = compiled_bytes(compiled), memory_limit_bytes()
+    if needed is not None and needed > limit:
+        emit(figure="skip", impl="jax", what="train", **labels, augment=augment_on, reason="memory",
+             needed_bytes=needed, available_bytes=limit)
+        return None
+
+    def step(images: dict) -> dict:
+        nonlocal state, acc
+        state, acc = setup.train_step(state, images, acc)
+        return acc
+
+    device = time_steps(lambda: step(batch), budget, kind, batch_size, size)
+    emit(figure="train", impl="jax", **labels, augment=augment_on, **device)
+    if augment_on:
+        emit(figure="compile", impl="jax", what="train", **labels, seconds=compile_s)
+        n, cycle = device["steps"], len(host_batches)
+        host_s, cores = timed(lambda: [step(train.to_device(setup, host_batches[i % cycle]))
+                                       for i in range(n)][-1])
+        emit(figure="host_overhead", impl="jax", **labels, step_with_transfer_s=host_s / n,
+             device_step_s=device["step_s"], overhead_s=host_s / n - device["step_s"], steps=n,
+             **cores)
+    return device
+
+
+def bench_jax_eval(setup: train.Setup, host_batches: list[dict], budget: Budget,
+                   labels: dict) -> dict | None:
+    """Eval and compile figures of ``eval_step``; returns the eval one."""
+    batch_size, size = len(host_batches[0]["image"]), setup.image_shape[0]
+    kind = ("jax", "eval", setup.config.model.dtype)
+    if too_slow(budget, kind, batch_size, size, labels):
+        return None
+    state = train.init_state(setup)
+    batch = train.to_device(setup, {**host_batches[0], "mask": np.ones(batch_size, bool)})
+    start = time.perf_counter()
+    setup.eval_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    figures = time_steps(lambda: setup.eval_step(state, batch), budget, kind, batch_size, size)
+    emit(figure="eval", impl="jax", **labels, **figures)
+    emit(figure="compile", impl="jax", what="eval", **labels, seconds=compile_s)
+    return figures
+
+
+class TorchBench:
+    """The PyTorch reference's train and eval figures (float32)."""
+
+    def __init__(self, channels: int, config: ml_collections.ConfigDict, seed: int):
+        import torch
+
+        from experiments import torch_reference as ref
+
+        self.torch, self.ref, self.channels, self.seed = torch, ref, channels, seed
+        self.model_cfg, self.opt_cfg = config.model, config.optimizer
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+    def _model(self):
+        self.torch.manual_seed(self.seed)
+        m = self.model_cfg
+        return self.ref.SeedCNN(self.channels, classes.NUM_CLASSES, tuple(m.filters),
+                                m.kernel_size, tuple(m.head))
+
+    def check(self, jax_model: model_lib.SeedCNN) -> None:
+        """Parameter counts and the logits' agreement given the same weights."""
+        rng = np.random.default_rng(self.seed)
+        images = rng.integers(0, 256, (_CHECK_BATCH, _CHECK_SIZE, _CHECK_SIZE, self.channels),
+                              np.uint8)
+        variables = jax_model.init(jax.random.PRNGKey(self.seed), augment.to_float(images),
+                                   train=False)
+        # Non-trivial running statistics, so that evaluation mode is checked too.
+        variables = {**variables, "batch_stats": jax.tree.map(
+            lambda v: v + 0.1, variables["batch_stats"])}
+        model = self._model()
+        self.ref.load_flax_variables(model, variables)
+        x = augment.to_float(images)
+        diffs = {}
+        for mode in (False, True):
+            logits = jax_model.apply(variables, x, train=mode, mutable=["batch_stats"])[0]
+            model.train(mode)
+            with self.torch.no_grad():
+                theirs = model(self.ref.to_input(self.torch.from_numpy(images))).numpy()
+            diffs["train" if mode else "eval"] = float(np.abs(np.asarray(logits) - theirs).max())
+        ours = sum(model_lib.param_counts(variables["params"]).values())
+        emit(figure="torch_check", params_jax=ours, params_torch=self.ref.param_count(model),
+             max_abs_logit_diff_train=diffs["train"], max_abs_logit_diff_eval=diffs["eval"])
+
+    def run(self, host_batches: list[dict], budget: Budget, labels: dict) -> dict[str, dict]:
+        """Train and eval figures of one size and batch (skips noted), keyed by step."""
+        torch, ref = self.torch, self.ref
+        images = torch.from_numpy(host_batches[0]["image"])
+        label = torch.from_numpy(host_batches[0]["label"])
+        model = self._model()
+        opt = ref.make_optimizer(model, self.opt_cfg.learning_rate,
+                                 (self.opt_cfg.b1, self.opt_cfg.b2), self.opt_cfg.eps,
+                                 self.opt_cfg.weight_decay)
+        steps = {"train": lambda: ref.train_step(model, opt, images, label),
+                 "eval": lambda: ref.eval_step(model, images)}
+        batch_size, size = len(images), images.shape[1]
+        out = {}
+        for what, step in steps.items():
+            if too_slow(budget, ("torch", what), batch_size, size, labels):
+                continue
+            figures = time_steps(step, budget, ("torch", what), batch_size, size)
+            out[what] = figures
+            emit(figure=what, impl="torch", **labels, **figures)
+        return out
+
+
+def torch_bench(enabled: bool | None, channels: int, seed: int) -> TorchBench | None:
+    """The torch reference if wanted and importable; otherwise a note line and None."""
+    if enabled is False:
+        return None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        emit(figure="note", text="torch is not importable: the PyTorch reference is skipped "
+                                 "(pip install torch==2.13.0 for the comparison)")
+        return None
+    return TorchBench(channels, base_config(), seed)
+
+
+def emit_ratios(jax_figures: dict[str, dict | None], torch_figures: dict[str, dict],
+                labels: dict) -> None:
+    """One ``ratio`` line per step that both implementations measured.
+
+    ``contended`` flags ratios whose figures ran while other processes kept
+    more than ``_CONTENDED_CORES`` busy: torch's OpenMP threads slow down far
+    more than XLA's under contention, so such ratios flatter JAX.
+    """
+    for what, target in TARGETS.items():
+        ours, theirs = jax_figures.get(what), torch_figures.get(what)
+        if not (ours and theirs):
+            continue
+        ratio = ours["img_per_s"] / theirs["img_per_s"]
+        extra = {}
+        plain = jax_figures.get("train_no_augment")
+        if what == "train" and plain:
+            extra["jax_no_augment_over_torch"] = plain["img_per_s"] / theirs["img_per_s"]
+        others = [f.get("other_cores", 0.0) for f in (ours, theirs, plain) if f]
+        emit(figure="ratio", what=what, size=labels["size"], batch=labels["batch"],
+             jax_over_torch=ratio, **extra, target=target, meets=bool(ratio >= target),
+             contended=bool(max(others) > _CONTENDED_CORES))
+
+
+def emit_setup(added_flags: list[str], torch_ref: TorchBench | None) -> None:
+    """The setup line: devices, versions, XLA flags, threads."""
+    device = jax.devices()[0]
+    fields = {"device_kind": device.device_kind, "platform": device.platform,
+              "device_count": jax.device_count(), "jax": jax.__version__,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "xla_flags_added": added_flags,
+              "host_cores": len(os.sched_getaffinity(0)), "loadavg_1min": os.getloadavg()[0]}
+    if torch_ref is not None:
+        fields.update(torch=torch_ref.torch.__version__,
+                      torch_threads=torch_ref.torch.get_num_threads())
+    emit(figure="setup", **fields)
+
+
+def bench_size_batch(size: int, batch_size: int, budget: Budget,
+                     torch_ref: TorchBench | None) -> None:
+    """Every figure of one image size and batch size."""
+    channels = _CHANNELS.value
+    rng = np.random.default_rng(_SEED.value)
+    host_batches = [host_batch(rng, batch_size, size, channels) for _ in range(_HOST_BATCHES)]
+    figures: dict[str, dict | None] = {}
+    for dtype in _DTYPES.value:
+        labels = {"size": size, "batch": batch_size, "dtype": dtype, "channels": channels}
+        setup = make_bench_setup(make_config(dtype), batch_size, (size, size, channels))
+        trained = bench_jax_train(setup, host_batches, budget, labels, augment_on=True)
+        if dtype == "float32" and _NO_AUGMENT_TOO.value:
+            plain = make_bench_setup(make_config(dtype, augment_on=False), batch_size,
+                                     (size, size, channels))
+            figures["train_no_augment"] = bench_jax_train(plain, host_batches, budget, labels,
+                                                          augment_on=False)
+        evaluated = bench_jax_eval(setup, host_batches, budget, labels)
+        if dtype == "float32":
+            figures.update(train=trained, eval=evaluated)
+    if torch_ref is not None:
+        labels = {"size": size, "batch": batch_size, "dtype": "float32", "channels": channels}
+        emit_ratios(figures, torch_ref.run(host_batches, budget, labels), labels)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    added = xla_defaults.apply_cpu_defaults()
+    torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value)
+    emit_setup(added, torch_ref)
+    if torch_ref is not None:
+        torch_ref.check(model_lib.from_config(base_config().model))
+    budget, start = Budget(_MAX_SECONDS.value, _STEPS.value), time.perf_counter()
+    for size in sorted(map(int, _SIZES.value)):
+        for batch_size in sorted(map(int, _BATCHES.value)):
+            bench_size_batch(size, batch_size, budget, torch_ref)
+    emit(figure="done", seconds=time.perf_counter() - start, loadavg_1min=os.getloadavg()[0])
+
+
+if __name__ == "__main__":
+    app.run(main)
