@@ -47,15 +47,19 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2×2 max-pool, stride 2, VALID (odd last row/column dropped), NHWC.
 
     Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, computed as
-    elementwise maxima of strided slices: rows first, then columns. On XLA:CPU
-    this is the fastest exact form measured: its backward pass avoids
-    ``reduce_window``'s slow ``select_and_scatter`` (a full training step is
-    1.2x faster), and unlike a max over a reshaped ``[.., 2, .., 2, ..]`` view
-    it is not a reduction that XLA:CPU hands to YNNPACK (inference 1.3-1.45x
-    faster). Gradients equal ``nn.max_pool``'s where each window's maximum is
-    unique. On ties ``nn.max_pool`` gives the whole gradient to one input;
-    here each pairwise ``maximum`` splits it evenly (an all-equal window gets
-    1/4 each). After a ReLU the common tie, an all-zero window, gets zero
+    elementwise maxima of strided slices, rows first, then columns. With
+    hpajax's XLA:CPU defaults (``hpajax.xla_defaults``) this is the fastest
+    exact form measured: training is 1.2-1.3x faster than with
+    ``nn.max_pool``, whose backward ``select_and_scatter`` is slow on CPU,
+    and inference 1.4x faster than with a max over a reshaped
+    ``[B, H/2, 2, W/2, 2, C]`` view, a reduction that XLA:CPU hands to
+    YNNPACK. (Without those defaults every form trains equally slowly and
+    this one infers slowest.)
+
+    Gradients equal ``nn.max_pool``'s where each window's maximum is unique.
+    On ties ``nn.max_pool`` gives the whole gradient to one input; here each
+    pairwise ``maximum`` splits it evenly (an all-equal window gets 1/4
+    each). After a ReLU the common tie, an all-zero window, gets zero
     gradient either way.
     """
     height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2

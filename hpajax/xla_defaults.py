@@ -1,10 +1,20 @@
 """Faster XLA:CPU defaults for hpajax's CNN, applied through ``XLA_FLAGS``.
 
-In jaxlib 0.10 XLA:CPU hands each convolution and dot to YNNPACK
-(``individual_convolution``, ``individual_dot`` fusions), which is slow at
-this model's convolution weight gradients. Taking those two fusion types out
-of the default list makes a full training step about 2x faster here; see
-BENCHMARKS.md ("CPU XLA flags") for the measurements behind the choice.
+jaxlib 0.10's XLA:CPU hands every convolution and dot to YNNPACK (the
+``individual_convolution`` and ``individual_dot`` YNN fusion types are on by
+default, next to ``reduce``, although the flag's help says the default list
+is empty), and YNNPACK is slow at this model's convolutions, above all their
+weight gradients. Taking those two types out of the list (``reduce`` stays:
+it helps the BatchNorm statistics) gave, for the full SeedCNN in float32 on
+the 2-core development VM:
+
+  train step, batch 8:   21 -> 57 img/s
+  inference, batch 32:   42 -> 226 img/s at 128 px, 9.8 -> 47 at 256 px
+
+No other flag tried moved these by more than the noise (about 5 %):
+``-individual_convolution`` alone ties, all YNN fusions off is 12 % slower
+to train; ``xla_cpu_multi_thread_eigen``, oneDNN, XNNPACK graph fusion and
+``xla_cpu_use_thunk_runtime=false`` (no longer supported) gain nothing.
 
 Call ``apply_cpu_defaults()`` before the first JAX computation, e.g. at the
 top of a ``main``. Importing jax, flax and optax first is fine: XLA reads
@@ -13,10 +23,11 @@ with jax 0.10.2); flags set after that are silently ignored.
 
 The flags only matter to the XLA:CPU compiler, but XLA aborts the process on
 a flag name it does not know, and a GPU or TPU plugin carries its own copy of
-XLA that parses ``XLA_FLAGS`` too. So they are only added when the CPU will
-do the work (no accelerator plugin installed, ``JAX_PLATFORMS`` unset or
-starting with ``cpu``) and the installed jaxlib is one they were measured on.
-A user's own ``XLA_FLAGS`` always win.
+XLA, possibly of another version, that may parse ``XLA_FLAGS`` too. So they
+are only added when the CPU will do the work (no accelerator plugin
+installed, ``JAX_PLATFORMS`` unset or starting with ``cpu``) and the
+installed jaxlib is one they were measured on. A user's own ``XLA_FLAGS``
+always win.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def test_from_config():
         model.from_config(ml_collections.ConfigDict(dict(cfg, dtype="float16")))
 
 
-def test_reshape_pool_equals_flax_max_pool():
+def test_pool_equals_flax_max_pool():
     """Same values, and same gradients on random (tie-free) data; odd sides are cropped."""
     x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
     weights = jax.random.normal(jax.random.key(1), (2, 4, 5, 3))
@@ -114,8 +114,8 @@ def test_reshape_pool_equals_flax_max_pool():
     np.testing.assert_array_equal(*grads)
 
 
-def test_reshape_pool_splits_gradient_between_ties():
-    """Documented difference: a tied window shares its gradient evenly."""
+def test_pool_splits_gradient_between_ties():
+    """Documented difference from nn.max_pool: an all-equal window shares its gradient."""
     grad = jax.grad(lambda x: model.max_pool_2x2(x).sum())(jnp.ones((1, 2, 2, 1)))
     np.testing.assert_array_equal(grad, np.full((1, 2, 2, 1), 0.25))
 
