@@ -239,6 +239,7 @@ def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget
         return None
 
     def step(images: dict) -> dict:
+        """One train step, rebinding the donated state and accumulator."""
         nonlocal state, acc
         state, acc = setup.train_step(state, images, acc)
         return acc
@@ -287,6 +288,7 @@ class TorchBench:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     def _model(self):
+        """A freshly initialized torch model with the base config's shape."""
         self.torch.manual_seed(self.seed)
         m = self.model_cfg
         return self.ref.SeedCNN(self.channels, classes.NUM_CLASSES, tuple(m.filters),
@@ -412,6 +414,7 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
 
 
 def main(argv: list[str]) -> None:
+    """Setup line, the torch check, then every size and batch size, smallest first."""
     del argv
     added = xla_defaults.apply_cpu_defaults()
     torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value)
