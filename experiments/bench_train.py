@@ -40,7 +40,6 @@ then slow down far more than XLA's, which flatters JAX). The same script runs un
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -51,14 +50,11 @@ from collections.abc import Callable
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from hpajax import augment, classes, losses, train, xla_defaults  # noqa: E402
+from hpajax import augment, classes, train, xla_defaults  # noqa: E402
 from hpajax import model as model_lib  # noqa: E402
 from hpajax.config import base_config  # noqa: E402
 
@@ -96,29 +92,6 @@ def make_config(dtype: str, augment_on: bool = True) -> ml_collections.ConfigDic
         for op in ("rotate", "zoom", "brightness", "hflip", "vflip"):
             config.augment[op] = False
     return config
-
-
-def make_bench_setup(config: ml_collections.ConfigDict, batch_size: int,
-                     image_shape: tuple[int, int, int]) -> train.Setup:
-    """A ``train.Setup`` without data, its steps jitted as ``train.make_setup`` does."""
-    mesh = train.make_mesh(batch_size)
-    model = model_lib.from_config(config.model)
-    loss_fn = losses.make_loss(config.loss, config.focal_gamma, None)
-    tx = train.make_optimizer(config.optimizer)
-    plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
-                                              patience=config.optimizer.plateau_patience)
-    rep = NamedSharding(mesh, PartitionSpec())
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    train_step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                           loss_fn=loss_fn, aug_cfg=config.augment),
-                         in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                         donate_argnums=(0, 2))
-    eval_step = jax.jit(functools.partial(train.eval_step, model=model, loss_fn=loss_fn),
-                        in_shardings=(rep, data),
-                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
-    return train.Setup(config, store_path=None, train_indices=None, image_shape=image_shape,
-                       mesh=mesh, model=model, tx=tx, plateau=plateau, train_step=train_step,
-                       eval_step=eval_step, moments_step=None)
 
 
 def host_batch(rng: np.random.Generator, batch_size: int, size: int,
@@ -192,11 +165,6 @@ def timed(fn: Callable[[], object]) -> tuple[float, dict]:
     return seconds, {"cores_used": round(own, 2), "other_cores": round(max(total - own, 0.0), 2)}
 
 
-def zero_acc(setup: train.Setup) -> dict:
-    """A fresh train-loss accumulator, as the real loop starts one."""
-    return jax.device_put({"loss": jnp.float32(0), "steps": jnp.int32(0)}, setup.replicated)
-
-
 def time_steps(step: Callable[[], object], budget: Budget, kind: tuple, batch_size: int,
                size: int) -> dict:
     """A warm-up ``step()``, then as many timed ones as the budget allows; figure fields.
@@ -227,7 +195,7 @@ def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget
     kind = ("jax", "train", setup.config.model.dtype, augment_on)
     if too_slow(budget, kind, batch_size, size, labels, augment=augment_on):
         return None
-    state, acc = train.init_state(setup), zero_acc(setup)
+    state, acc = train.init_state(setup), train.zero_acc(setup)
     batch = train.to_device(setup, host_batches[0])
     start = time.perf_counter()
     compiled = setup.train_step.lower(state, batch, acc).compile()
@@ -396,13 +364,14 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
     rng = np.random.default_rng(_SEED.value)
     host_batches = [host_batch(rng, batch_size, size, channels) for _ in range(_HOST_BATCHES)]
     figures: dict[str, dict | None] = {}
+    mesh = train.make_mesh(batch_size)
     for dtype in _DTYPES.value:
         labels = {"size": size, "batch": batch_size, "dtype": dtype, "channels": channels}
-        setup = make_bench_setup(make_config(dtype), batch_size, (size, size, channels))
+        setup = train.build_setup(make_config(dtype), mesh, (size, size, channels))
         trained = bench_jax_train(setup, host_batches, budget, labels, augment_on=True)
         if dtype == "float32" and _NO_AUGMENT_TOO.value:
-            plain = make_bench_setup(make_config(dtype, augment_on=False), batch_size,
-                                     (size, size, channels))
+            plain = train.build_setup(make_config(dtype, augment_on=False), mesh,
+                                      (size, size, channels))
             figures["train_no_augment"] = bench_jax_train(plain, host_batches, budget, labels,
                                                           augment_on=False)
         evaluated = bench_jax_eval(setup, host_batches, budget, labels)

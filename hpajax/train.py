@@ -56,8 +56,8 @@ class Setup:
     """The static parts of a run: data, model, optimizer, compiled steps."""
 
     config: ml_collections.ConfigDict
-    store_path: pathlib.Path
-    train_indices: np.ndarray
+    store_path: pathlib.Path | None
+    train_indices: np.ndarray | None
     image_shape: tuple[int, int, int]
     mesh: Mesh
     model: model_lib.SeedCNN
@@ -135,11 +135,19 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
     store = open_store(config.data.store)
     train_indices = store.split(config.data.split)[config.data.train_part]
     size = store.image_size
-    image_shape = (size, size, len(config.data.channels))
-    mesh = make_mesh(config.batch_size)
-    model = model_lib.from_config(config.model)
     pos_weight = (losses.positive_weights(store.labels[train_indices])
                   if config.pos_weight else None)
+    return build_setup(config, make_mesh(config.batch_size),
+                       (size, size, len(config.data.channels)), store.path, train_indices,
+                       pos_weight)
+
+
+def build_setup(config: ml_collections.ConfigDict, mesh: Mesh,
+                image_shape: tuple[int, int, int], store_path: pathlib.Path | None = None,
+                train_indices: np.ndarray | None = None,
+                pos_weight: np.ndarray | None = None) -> Setup:
+    """The model, optimizer and steps jitted over ``mesh``; data optional (benchmarks)."""
+    model = model_lib.from_config(config.model)
     loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
     tx = make_optimizer(config.optimizer)
     plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
@@ -155,7 +163,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                         out_shardings={"loss_sum": rep, "count": rep, "probs": data})
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0)),
                       in_shardings=(rep, data), out_shardings=rep)
-    return Setup(config, store.path, train_indices, image_shape, mesh, model, tx, plateau,
+    return Setup(config, store_path, train_indices, image_shape, mesh, model, tx, plateau,
                  train, evaluate_, moments)
 
 
