@@ -61,10 +61,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hpajax.data import open_store
+from hpajax.display import composite_rgb, stretch_to_uint8
 
 _UINT8_TO_UNIT = 1.0 / 255.0  # a multiply, not a divide: XLA may rewrite x / 255
 # as x * (1 / 255) in one compiled context and not in another
-_GRID_PERCENTILE = 99.5  # composite value shown as full white in save_grid
 _GRID_LINE = 64  # gray level of the 1 px line between tiles
 
 
@@ -203,27 +203,6 @@ def augment(key: jax.Array, images: jax.Array,
     return jax.vmap(lambda k, image: _augment_one(k, image, cfg))(keys, images)
 
 
-def _composite(images: np.ndarray) -> np.ndarray:
-    """HPA display colors of float [N, H, W, C]: R = red + yellow, G = green + yellow, B = blue."""
-    if images.shape[-1] == 3:
-        return images
-    if images.shape[-1] == 4:
-        red, green, blue, yellow = np.moveaxis(images, -1, 0)
-        return np.stack([red + yellow, green + yellow, blue], axis=-1)
-    raise ValueError(f"expected 3 or 4 channels, got {images.shape[-1]}")
-
-
-def _stretch(rgb: np.ndarray) -> np.ndarray:
-    """uint8 display image: one gain for the whole grid maps its 99.5th percentile to white.
-
-    HPA fields are dark (mean ~0.07), so they need brightening to be seen. A
-    single gain for all tiles, rather than one per tile, keeps the brightness
-    augmentation visible as brighter and darker tiles.
-    """
-    white = max(float(np.percentile(rgb, _GRID_PERCENTILE)), 1.0 / 255.0)
-    return np.round(np.clip(rgb / white, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def _label_tiles(canvas: Image.Image, labels: Sequence[str], tile: tuple[int, int],
                  num_cols: int) -> None:
     """Writes each tile's label in its top-left corner, white on black."""
@@ -241,8 +220,9 @@ def save_grid(path: str | os.PathLike, images: np.ndarray | jax.Array, num_cols:
 
     ``images`` are uint8 or float in [0, 1], with 3 (RGB) or 4 (red, green,
     blue, yellow) channels, shown as the usual HPA composite and brightened
-    by one gain for the whole grid (see ``_stretch``). The PNG is exactly
-    tiles x image size; a 1 px gray line marks the tiles' top and left edges.
+    by one gain for the whole grid (see ``display.stretch_to_uint8``). The
+    PNG is exactly tiles x image size; a 1 px gray line marks the tiles' top
+    and left edges.
     ``labels``, one string per image, are written on the tiles.
     """
     images = np.asarray(images)
@@ -251,7 +231,7 @@ def save_grid(path: str | os.PathLike, images: np.ndarray | jax.Array, num_cols:
     num, height, width, _ = images.shape
     num_cols = min(num_cols, num)
     num_rows = -(-num // num_cols)
-    rgb = _stretch(_composite(images))
+    rgb = stretch_to_uint8(composite_rgb(images))
     grid = np.zeros((num_rows * height, num_cols * width, 3), np.uint8)
     for i, tile in enumerate(rgb):
         row, col = divmod(i, num_cols)
