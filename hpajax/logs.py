@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 
+from absl import flags, logging
 from tensorboardX import SummaryWriter
 
 from hpajax.data import store as storelib
@@ -57,3 +58,9 @@ def progress_line(step: int, total: int, epoch: float, loss: float, lr: float,
         return line
     eta = (total - step) * batch_size / images_per_s
     return f"{line} {images_per_s:.1f} img/s ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+
+
+def quiet_library_logs() -> None:
+    """Absl logging at WARNING unless ``--verbosity`` was given: Orbax logs every save at INFO."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)

@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpajax import xla_defaults
+
+# The XLA:CPU flags main() applies: in-process results then match the
+# command-line runs bit for bit, and the suite runs at the users' speed.
+xla_defaults.apply_cpu_defaults()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 PYTHON = sys.executable
@@ -30,6 +36,31 @@ def write_csv(path: pathlib.Path, rows) -> pathlib.Path:
     """Writes an Id,Target file from (id, target-string) rows."""
     path.write_text("Id,Target\n" + "".join(f"{i},{t}\n" for i, t in rows))
     return path
+
+
+def synthetic_store(root: pathlib.Path, num_samples: int, size: int, seed: int = 0,
+                    **split_kw) -> pathlib.Path:
+    """A synthetic Kaggle-layout set in ``root/raw``, converted to ``root/store`` and split."""
+    from hpajax import synthetic
+    from hpajax.data import convert, split
+
+    synthetic.generate(root / "raw", num_samples, image_size=size, seed=seed, workers=1)
+    out = root / "store"
+    convert.convert(convert.Options(format="kaggle", input_dir=root / "raw" / "train",
+                                    output_dir=out, labels_csv=root / "raw" / "train.csv",
+                                    image_size=size, workers=1))
+    split.split_store(out, **split_kw)
+    return out
+
+
+def tiny_config(store: pathlib.Path, **overrides):
+    """experiments/configs/tiny.py on ``store``, with flattened overrides."""
+    import runpy
+
+    config = runpy.run_path(str(REPO / "experiments" / "configs" / "tiny.py"))["get_config"]()
+    config.data.store = str(store)
+    config.update_from_flattened_dict(overrides)
+    return config
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@
 import json
 import os
 import pathlib
-import runpy
 import subprocess
 
 import jax
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, synthetic_store, tiny_config
 
-from hpajax import synthetic, train
-from hpajax.data import convert, pipeline, split
+from hpajax import train
+from hpajax.data import pipeline
 from sklearn.metrics import roc_auc_score
 
 SIZE = 80  # the smallest convenient side the four VALID blocks take with kernel 3
@@ -21,21 +20,10 @@ SIZE = 80  # the smallest convenient side the four VALID blocks take with kernel
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> pathlib.Path:
     """128 synthetic samples at 80 px, converted and split 70/10/20."""
-    root = tmp_path_factory.mktemp("data")
-    synthetic.generate(root / "raw", 128, image_size=SIZE, seed=0, workers=1)
-    out = root / "store"
-    convert.convert(convert.Options(format="kaggle", input_dir=root / "raw" / "train",
-                                    output_dir=out, labels_csv=root / "raw" / "train.csv",
-                                    image_size=SIZE, workers=1))
-    split.split_store(out)
-    return out
+    return synthetic_store(tmp_path_factory.mktemp("data"), 128, SIZE)
 
 
-def tiny(store, **overrides):
-    config = runpy.run_path(str(REPO / "experiments" / "configs" / "tiny.py"))["get_config"]()
-    config.data.store = str(store)
-    config.update_from_flattened_dict(overrides)
-    return config
+tiny = tiny_config
 
 
 def records(workdir, split_name):

@@ -28,6 +28,7 @@ import numpy as np
 import tensorstore as ts
 
 from hpajax import classes
+from hpajax.files import write_atomic, write_json  # noqa: F401  (re-exported for callers)
 
 IMAGES = "images"
 IDS = "ids.txt"
@@ -161,20 +162,6 @@ def open_store(path: str | os.PathLike) -> Store:
             f"{path}: inconsistent store: {n} ids, images {tuple(images.shape)}, "
             f"labels {None if labels is None else labels.shape}")
     return Store(path=path, images=images, ids=ids, labels=labels, metadata=metadata)
-
-
-def write_atomic(path: pathlib.Path, data: bytes | str) -> None:
-    """Writes a file so that readers see either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: pathlib.Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def finalize(
