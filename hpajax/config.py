@@ -17,6 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.split = "default"  # split saved with the store (tools/split.py)
     c.data.train_part, c.data.eval_part, c.data.test_part = "train", "val", "test"
     c.data.channels = (0, 1, 2, 3)  # red, green, blue, yellow; the seed used (0, 1, 2)
+    c.data.input_size = 0  # model input side in px; 0: the store's (resized on device)
     c.data.num_workers = 0  # Grain worker processes (0: in-process threads, see BENCHMARKS.md)
 
     c.batch_size = 32  # global batch, split over all devices
@@ -49,4 +50,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.pos_weight = False  # weight positives by the training split's negative/positive ratio
 
     c.augment = augment.default_config()
+    return c
+
+
+def paper_config() -> ml_collections.ConfigDict:
+    """The seed paper's setup: 512 px, kernel 3, batch 32, RGB (3 channels)."""
+    c = base_config()
+    c.data.store = "runs/hpa512/store"
+    c.data.channels = (0, 1, 2)
+    c.batch_size = 32
+    c.model.kernel_size = 3
+    # One evaluation per epoch of the 80 % training share of 31,072 samples.
+    c.eval_every = c.checkpoint_every = 777
+    c.total_steps = 50 * 777
     return c

@@ -1,4 +1,4 @@
-"""The built-in default job: synthetic set -> store -> split -> train -> test macro-F1.
+"""The built-in default job: synthetic set -> store -> split -> train -> report.
 
 It runs the same steps, with the same library calls, that a user runs on the
 real Kaggle download (tools/make_synthetic.py stands in for the download).
@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 
 from hpajax import config as config_lib
-from hpajax import synthetic, train
+from hpajax import predict, synthetic, train
 from hpajax.data import convert, open_store, split, summary
 
 
@@ -36,36 +36,40 @@ def prepare_store(workdir: pathlib.Path, num_samples: int, image_size: int, seed
     raw = workdir / "raw"
     csv_path = raw / "train.csv"
     if csv_path.is_file():
-        print(f"[1/4] reusing the synthetic set in {raw}")
+        print(f"[1/5] reusing the synthetic set in {raw}")
     else:
-        print(f"[1/4] generating {num_samples} synthetic samples at {image_size} px in {raw}")
+        print(f"[1/5] generating {num_samples} synthetic samples at {image_size} px in {raw}")
         synthetic.generate(raw, num_samples, image_size=image_size, seed=seed, workers=workers)
     out = workdir / "store"
-    print(f"[2/4] converting into {out}")
+    print(f"[2/5] converting into {out}")
     convert.convert(convert.Options(
         format="kaggle", input_dir=raw / "train", output_dir=out, labels_csv=csv_path,
         image_size=image_size, workers=workers, command="python -m hpajax.main demo"))
     if "default" in open_store(out).split_names():
-        print("[3/4] reusing the saved split")
+        print("[3/5] reusing the saved split")
     else:
         path, _ = split.split_store(out, fractions=(0.7, 0.1, 0.2),
                                    parts=("train", "val", "test"), seed=seed, name="default")
-        print(f"[3/4] split train/val/test 0.7/0.1/0.2 saved to {path}")
+        print(f"[3/5] split train/val/test 0.7/0.1/0.2 saved to {path}")
     print(summary.describe(open_store(out)))
     return out
 
 
 def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int,
         workers: int, train_steps: int | None = None) -> dict[str, float]:
-    """Runs the demo in ``workdir``; returns the best checkpoint's test metrics."""
+    """Runs the demo in ``workdir``; returns the best checkpoint's report metrics."""
     workdir = pathlib.Path(workdir)
     store = prepare_store(workdir, num_samples, image_size, seed, workers)
     config = demo_config(store, train_steps)
     run_dir = workdir / "run"
-    print(f"[4/4] training {config.total_steps} steps in {run_dir}")
+    print(f"[4/5] training {config.total_steps} steps in {run_dir}")
     train.train_and_evaluate(config, str(run_dir))
-    step, metrics = train.evaluate_checkpoint(config, str(run_dir), config.data.test_part)
-    print(f"test split, best checkpoint (step {step}): macro-F1 {metrics['macro_f1']:.3f} "
-          f"(no-skill {metrics['no_skill_macro_f1']:.3f}), weighted-F1 "
-          f"{metrics['weighted_f1']:.3f}, loss {metrics['loss']:.4f}")
+    print(f"[5/5] evaluating the best checkpoint into {run_dir / 'report'}")
+    metrics = predict.evaluate_run(run_dir)
+    test = metrics[config.data.test_part]
+    print(f"test split, best checkpoint (step {metrics['step']}): macro-F1 "
+          f"{test['threshold_0.5']['macro_f1']:.3f} at threshold 0.5, "
+          f"{test['tuned_on_val']['macro_f1']:.3f} at thresholds tuned on val "
+          f"(no-skill {test['no_skill_macro_f1']:.3f}); weighted-F1 "
+          f"{test['tuned_on_val']['weighted_f1']:.3f}")
     return metrics

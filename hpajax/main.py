@@ -1,17 +1,20 @@
 """Command-line entry point: ``python -m hpajax.main COMMAND --flags``.
 
 Commands:
-  demo    synthetic set -> store -> split -> train -> test-split macro-F1 (the default job)
-  train   train (or resume) --config=experiments/configs/NAME.py --workdir=DIR
+  demo      synthetic set -> store -> split -> train -> report (the default job)
+  train     train (or resume) --config=experiments/configs/NAME.py --workdir=DIR
+  evaluate  tuned thresholds, metric tables and figures in DIR/report/ --workdir=DIR
+  predict   probabilities and a Kaggle submission --workdir=DIR --input=STORE_OR_PNG_DIR
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import demo, train, xla_defaults
+from hpajax import demo, logs, predict, train, xla_defaults
+from hpajax.data.convert import ConversionError
 
 config_flags.DEFINE_config_file("config", None, "Training config file (get_config()); "
                                 "override fields with --config.field=value.")
@@ -21,9 +24,18 @@ flags.DEFINE_integer("image_size", 128, "demo: image side in pixels.")
 flags.DEFINE_integer("seed", 0, "demo: seed for data generation and splitting.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "demo: worker processes for data work.")
 flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the demo config's).")
+flags.DEFINE_integer("step", None, "evaluate, predict: checkpoint step (default: the best).")
+flags.DEFINE_bool("seed_thresholds", True, "evaluate: also report thresholds tuned on the "
+                  "training split, as the seed paper did (predicts the training split).")
+flags.DEFINE_string("input", None, "predict: a converted store or a folder of Kaggle PNG quads.")
+flags.DEFINE_string("output_dir", None, "predict: output folder (default: WORKDIR/predictions).")
+flags.DEFINE_string("ids_csv", None, "predict: CSV with an Id column (e.g. sample_submission.csv) "
+                    "giving the images and their order; default: every quad in --input.")
+flags.DEFINE_bool("at_least_one", False, "predict: give an image with no class above threshold "
+                  "its most probable class in submission.csv.")
 FLAGS = flags.FLAGS
 
-COMMANDS = ("demo", "train")
+COMMANDS = ("demo", "train", "evaluate", "predict")
 
 
 def main(argv: list[str]) -> None:
@@ -32,20 +44,32 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m hpajax.main [{'|'.join(COMMANDS)}] --flags; "
                              f"got {' '.join(argv[1:])!r}")
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    logs.quiet_library_logs()
 
+    try:
+        run(command)
+    except (ValueError, FileNotFoundError, ConversionError) as e:  # say what, no traceback
+        sys.exit(f"{command}: error: {e}")
+
+
+def run(command: str) -> None:
+    """Runs one command with the parsed flags."""
     if command == "demo":
         demo.run(FLAGS.workdir, FLAGS.num_samples, FLAGS.image_size, FLAGS.seed, FLAGS.workers,
                  FLAGS.train_steps)
-    elif FLAGS.config is None:
-        raise app.UsageError("train needs --config=experiments/configs/NAME.py")
+    elif command == "train":
+        if FLAGS.config is None:
+            raise app.UsageError("train needs --config=experiments/configs/NAME.py")
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif command == "evaluate":
+        predict.evaluate_run(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds)
     else:
-        try:
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        except ValueError as e:  # bad config, store or split: say what, no traceback
-            sys.exit(f"train: error: {e}")
-
+        if FLAGS.input is None:
+            raise app.UsageError("predict needs --input=STORE_OR_PNG_DIR")
+        predict.predict_to_dir(FLAGS.workdir, FLAGS.input,
+                               FLAGS.output_dir or os.path.join(FLAGS.workdir, "predictions"),
+                               step=FLAGS.step, ids_csv=FLAGS.ids_csv,
+                               at_least_one=FLAGS.at_least_one, workers=FLAGS.workers)
 
 if __name__ == "__main__":
     app.run(main)

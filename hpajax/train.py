@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from hpajax import augment, checkpointing, evaluate, logs, losses
 from hpajax import model as model_lib
 from hpajax.data import open_store, pipeline
+from hpajax.data.store import Store
 
 
 @flax.struct.dataclass
@@ -91,10 +93,28 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
                        weight_decay=cfg.weight_decay)
 
 
+def resize(images: jax.Array, size: int) -> jax.Array:
+    """Float images [B, H, W, C] at ``size`` x ``size`` (antialiased linear), if not already.
+
+    Lets one 512 px store feed the seed's 128/256/512 px input-size sweep;
+    training augments at the store's resolution first, then resizes.
+    """
+    if images.shape[1:3] == (size, size):
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
+                            "linear", antialias=True)
+
+
+def model_input(images: jax.Array, size: int) -> jax.Array:
+    """Un-augmented uint8 images as the model sees them: float [0, 1] at ``size``."""
+    return resize(augment.to_float(images), size)
+
+
 def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
-               aug_cfg) -> tuple[TrainState, dict]:
+               aug_cfg, size: int) -> tuple[TrainState, dict]:
     """One optimizer step on an augmented global batch; adds the loss to ``acc``."""
-    images = augment.augment(jax.random.fold_in(state.rng, state.step), batch["image"], aug_cfg)
+    images = resize(augment.augment(jax.random.fold_in(state.rng, state.step), batch["image"],
+                                    aug_cfg), size)
     labels = batch["label"].astype(jnp.float32)
 
     def compute(params):
@@ -110,20 +130,20 @@ def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
     return state, {"loss": acc["loss"] + loss, "steps": acc["steps"] + 1}
 
 
-def eval_step(state: TrainState, batch: dict, *, model, loss_fn) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> dict:
     """Probabilities and the masked loss sum of an un-augmented batch."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         augment.to_float(batch["image"]), train=False)
+                         model_input(batch["image"], size), train=False)
     loss = loss_fn(logits, batch["label"].astype(jnp.float32))
     mask = batch["mask"]
     return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(),
             "probs": jax.nn.sigmoid(logits)}
 
 
-def moments_step(state: TrainState, batch: dict, *, model) -> dict:
+def moments_step(state: TrainState, batch: dict, *, model, size: int) -> dict:
     """Each BatchNorm's batch mean and mean of squares, in training mode."""
     _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             augment.to_float(batch["image"]), train=True,
+                             model_input(batch["image"], size), train=True,
                              mutable=["batch_stats"])
     flat = traverse_util.flatten_dict(updated["batch_stats"])
     return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
@@ -134,12 +154,20 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
     """Opens the data and builds the model, optimizer and compiled steps."""
     store = open_store(config.data.store)
     train_indices = store.split(config.data.split)[config.data.train_part]
-    size = store.image_size
     pos_weight = (losses.positive_weights(store.labels[train_indices])
                   if config.pos_weight else None)
-    return build_setup(config, make_mesh(config.batch_size),
-                       (size, size, len(config.data.channels)), store.path, train_indices,
-                       pos_weight)
+    return build_setup(config, make_mesh(config.batch_size), input_shape(config, store),
+                       store.path, train_indices, pos_weight)
+
+
+def input_shape(config: ml_collections.ConfigDict, store: Store | None = None
+                ) -> tuple[int, int, int]:
+    """The model's input [S, S, C]: ``config.data.input_size``, or else the store's side."""
+    size = config.data.input_size or (store.image_size if store is not None else 0)
+    if size <= 0:
+        raise ValueError("config.data.input_size is unset and there is no store to take it "
+                         "from; set --config.data.input_size")
+    return size, size, len(config.data.channels)
 
 
 def build_setup(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -154,14 +182,16 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh,
                                               patience=config.optimizer.plateau_patience)
     rep = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec("data"))
+    size = image_shape[0]
     train = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
-                                      aug_cfg=config.augment),
+                                      aug_cfg=config.augment, size=size),
                     in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                     donate_argnums=(0, 2))
-    evaluate_ = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn),
+    evaluate_ = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size),
                         in_shardings=(rep, data),
                         out_shardings={"loss_sum": rep, "count": rep, "probs": data})
-    moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0)),
+    moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
+                                        size=size),
                       in_shardings=(rep, data), out_shardings=rep)
     return Setup(config, store_path, train_indices, image_shape, mesh, model, tx, plateau,
                  train, evaluate_, moments)
@@ -216,27 +246,40 @@ def recalibrate_batch_stats(setup: Setup, state: TrainState) -> TrainState:
     return state.replace(batch_stats=traverse_util.unflatten_dict(stats))
 
 
-def evaluate_split(setup: Setup, state: TrainState, indices: np.ndarray) -> dict[str, float]:
-    """Loss, macro-F1 and weighted-F1 at threshold 0.5 over one split."""
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Model outputs over a list of store rows, in that order."""
+
+    indices: np.ndarray  # store rows
+    probs: np.ndarray  # float32 [N, 28]
+    labels: np.ndarray  # uint8 [N, 28]; zeros for an unlabeled store
+    loss: float  # mean per-sample loss against ``labels``
+
+
+def predict(setup: Setup, state: TrainState, store_path: str | os.PathLike,
+            indices: np.ndarray | None = None) -> Predictions:
+    """Probabilities of the given rows of a store (default: all), un-augmented."""
     cfg = setup.config
-    ds = pipeline.eval_dataset(setup.store_path, indices, batch_size=cfg.eval_batch_size,
+    ds = pipeline.eval_dataset(store_path, indices, batch_size=cfg.eval_batch_size,
                                channels=cfg.data.channels, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
-    loss_sum, count, probs, labels = 0.0, 0, [], []
+    loss_sum, count, rows, probs, labels = 0.0, 0, [], [], []
     for batch in ds:
         out = jax.device_get(setup.eval_step(state, to_device(setup, batch)))
         loss_sum, count = loss_sum + float(out["loss_sum"]), count + int(out["count"])
-        probs.append(out["probs"][batch["mask"]])
-        labels.append(batch["label"][batch["mask"]])
-    y_true, y_prob = np.concatenate(labels), np.concatenate(probs)
-    return {"loss": loss_sum / count, **evaluate.f1_scores(y_true, y_prob),
-            "no_skill_macro_f1": no_skill_macro_f1(y_true)}
+        mask = batch["mask"]
+        rows.append(batch["index"][mask])
+        probs.append(out["probs"][mask])
+        labels.append(batch["label"][mask])
+    return Predictions(np.concatenate(rows), np.concatenate(probs), np.concatenate(labels),
+                       loss_sum / count)
 
 
-def no_skill_macro_f1(y_true: np.ndarray) -> float:
-    """Macro-F1 of the best input-blind rule per class (always or never positive)."""
-    prevalence = np.asarray(y_true, np.float64).mean(0)
-    return float((2 * prevalence / (1 + prevalence)).mean())
+def evaluate_split(setup: Setup, state: TrainState, indices: np.ndarray) -> dict[str, float]:
+    """Loss, macro-F1 and weighted-F1 at threshold 0.5 over one split."""
+    out = predict(setup, state, setup.store_path, indices)
+    return {"loss": out.loss, **evaluate.f1_scores(out.labels, out.probs),
+            "no_skill_macro_f1": evaluate.no_skill_macro_f1(out.labels)}
 
 
 def update_plateau(setup: Setup, state: TrainState, val_loss: float) -> TrainState:
@@ -265,8 +308,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _save_config(config, workdir)
     setup = make_setup(config)
+    config.data.input_size = setup.image_shape[0]  # recorded: prediction needs no store
+    _save_config(config, workdir)
     val_indices = open_store(setup.store_path).split(config.data.split)[config.data.eval_part]
     state = init_state(setup)
     train_iter = iter(train_batches(setup, config.seed, config.data.num_workers))
@@ -328,22 +372,6 @@ def _log_train(setup, state, acc, log, step, clock):
     print(logs.progress_line(step, cfg.total_steps, epoch, loss, lr, images_per_s,
                              cfg.batch_size), flush=True)
     return now, step
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, part: str,
-                        step: int | None = None) -> tuple[int, dict[str, float]]:
-    """Metrics of a saved step (default: the best) on a split part, e.g. "test"."""
-    setup = make_setup(config)
-    ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
-                                      config.keep_checkpoints, config.best_metric,
-                                      config.best_mode)
-    step = ckpt.best_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    state = ckpt.restore(step, init_state(setup))
-    ckpt.close()
-    indices = open_store(setup.store_path).split(config.data.split)[part]
-    return step, evaluate_split(setup, state, indices)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

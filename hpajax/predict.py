@@ -1,0 +1,162 @@
+"""Inference from a run's checkpoint: the ``evaluate`` and ``predict`` commands.
+
+``evaluate_run`` predicts the validation and test splits of the run's store
+(and the training split, for the seed's way of tuning thresholds) and hands
+them to ``report.write_report``. ``predict_to_dir`` predicts a converted store
+or a folder of raw Kaggle PNG quads (converted on the fly) and writes
+probabilities and a Kaggle submission.
+
+Checkpoints saved at an evaluation hold exact BatchNorm statistics (the
+trainer recalibrates before it evaluates); a step saved between evaluations
+is recalibrated on load, which needs the run's training store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from hpajax import checkpointing, classes, report, train
+from hpajax.data import convert, open_store, pipeline
+from hpajax.data.store import METADATA
+from hpajax.files import write_atomic
+
+
+def load_run(workdir: str | os.PathLike, step: int | None = None
+             ) -> tuple[train.Setup, train.TrainState, int]:
+    """The run's setup and the state of ``step`` (default: the best checkpoint)."""
+    config = train.load_config(workdir)
+    ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
+                                      config.keep_checkpoints, config.best_metric,
+                                      config.best_mode)
+    saved = ckpt.manager.all_steps()
+    if not saved:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+    step = (ckpt.best_step() or ckpt.latest_step()) if step is None else step
+    if step not in saved:
+        raise ValueError(f"--step={step}: no such checkpoint in {workdir}/checkpoints "
+                         f"(saved: {', '.join(map(str, sorted(saved)))})")
+    evaluated = step % config.eval_every == 0 or step == config.total_steps
+    if evaluated:
+        setup = train.build_setup(config, train.make_mesh(config.eval_batch_size),
+                                  train.input_shape(config))
+    else:
+        setup = train.make_setup(config)
+    state = ckpt.restore(step, train.init_state(setup))
+    ckpt.close()
+    if not evaluated:
+        state = train.recalibrate_batch_stats(setup, state)
+    return setup, state, step
+
+
+def evaluate_run(workdir: str | os.PathLike, step: int | None = None,
+                 seed_thresholds: bool = True) -> dict:
+    """Writes ``workdir/report/`` for a checkpoint; returns its metrics.json content."""
+    workdir = pathlib.Path(workdir)
+    setup, state, step = load_run(workdir, step)
+    cfg = setup.config
+    store = open_store(cfg.data.store)
+    if store.labels is None:
+        raise ValueError(f"{store.path} has no labels: cannot evaluate on it")
+    parts = store.split(cfg.data.split)
+
+    def scores(part: str) -> report.Scores:
+        out = train.predict(setup, state, store.path, parts[part])
+        return report.Scores(part, out.labels, out.probs)
+
+    test_rows = parts[cfg.data.test_part]
+    test_source = pipeline.StoreSource(store.path, test_rows)  # all four channels, for display
+    print(f"evaluating step {step} of {workdir} on {store.path}")
+    return report.write_report(
+        workdir / "report", scores(cfg.data.eval_part), scores(cfg.data.test_part),
+        train=scores(cfg.data.train_part) if seed_thresholds else None, step=step,
+        records=_read_records(workdir / "metrics.jsonl"),
+        images_of=lambda positions: test_source.read_batch(positions)["image"],
+        test_ids=[store.ids[r] for r in test_rows])
+
+
+def _read_records(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def predict_to_dir(workdir: str | os.PathLike, input_path: str | os.PathLike,
+                   output_dir: str | os.PathLike, *, step: int | None = None,
+                   ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
+                   workers: int = 1) -> pathlib.Path:
+    """Probabilities and a Kaggle submission for a store or a folder of PNG quads."""
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    setup, state, step = load_run(workdir, step)
+    store_path = as_store(input_path, out / "store", setup.config, ids_csv, workers)
+    store = open_store(store_path)
+    probs = train.predict(setup, state, store_path).probs
+    thresholds = _thresholds(pathlib.Path(workdir) / "report")
+    np.save(out / "probabilities.npy", probs)
+    write_atomic(out / "probabilities.csv", probabilities_csv(store.ids, probs))
+    write_atomic(out / "submission.csv",
+                 submission_csv(store.ids, probs, thresholds, at_least_one))
+    print(f"predicted {len(store.ids)} images with step {step}: {out}/probabilities.npy, "
+          f"probabilities.csv, submission.csv")
+    return out
+
+
+def as_store(input_path: str | os.PathLike, converted: pathlib.Path,
+             config: ml_collections.ConfigDict, ids_csv: str | os.PathLike | None,
+             workers: int) -> pathlib.Path:
+    """``input_path`` if it is a store, else its PNG quads converted into ``converted``."""
+    path = pathlib.Path(input_path)
+    if (path / METADATA).is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--input={path}: neither a store nor a folder of PNG quads")
+    print(f"converting the PNG quads in {path} into {converted}")
+    convert.convert(convert.Options(
+        format="kaggle", input_dir=path, output_dir=converted,
+        labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
+        image_size=config.data.input_size, workers=workers,
+        command="python -m hpajax.main predict"))
+    return converted
+
+
+def _thresholds(report_dir: pathlib.Path) -> np.ndarray:
+    if (report_dir / "thresholds.json").is_file():
+        print(f"thresholds: tuned on the validation split ({report_dir}/thresholds.json)")
+        return report.load_thresholds(report_dir)
+    print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
+          f"(no {report_dir}/thresholds.json)")
+    return np.full(classes.NUM_CLASSES, 0.5)
+
+
+def probabilities_csv(ids: list[str], probs: np.ndarray) -> str:
+    """``Id`` and one column per class name, 6 decimals."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["Id", *classes.CLASS_NAMES])
+    for sample_id, row in zip(ids, probs):
+        writer.writerow([sample_id, *(f"{p:.6f}" for p in row)])
+    return buf.getvalue()
+
+
+def submission_csv(ids: list[str], probs: np.ndarray, thresholds: np.ndarray,
+                   at_least_one: bool = False) -> str:
+    """Kaggle's ``Id,Predicted``: space-separated class numbers above their thresholds.
+
+    With ``at_least_one``, an image with no class above threshold gets its
+    most probable class, as most Kaggle teams submitted.
+    """
+    pred = probs > thresholds
+    if at_least_one:
+        empty = ~pred.any(1)
+        pred[empty, probs[empty].argmax(1)] = True
+    lines = ["Id,Predicted"]
+    lines += [f"{i},{' '.join(map(str, np.flatnonzero(row)))}" for i, row in zip(ids, pred)]
+    return "\n".join(lines) + "\n"
+

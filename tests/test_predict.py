@@ -1,0 +1,183 @@
+"""evaluate and predict end to end on a tiny trained run; the seed's sweeps runner."""
+
+import csv
+import json
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import PYTHON, REPO, SHARED, synthetic_store, tiny_config, write_quads
+
+from hpajax import classes, evaluate, predict, report, train
+from hpajax.data import open_store
+
+SIZE = 80
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> pathlib.Path:
+    """A tiny config trained 6 steps on 96 synthetic samples at 80 px."""
+    root = tmp_path_factory.mktemp("run")
+    store = synthetic_store(root, 96, SIZE, seed=1, fractions=(0.5, 0.25, 0.25))
+    train.train_and_evaluate(tiny_config(store), str(root / "work"))
+    return root
+
+
+def _main(*args):
+    return subprocess.run([PYTHON, "-m", "hpajax.main", *args], capture_output=True,
+                          text=True, cwd=REPO)
+
+
+def test_evaluate_writes_the_report_with_thresholds_tuned_on_val(run):
+    r = _main("evaluate", f"--workdir={run / 'work'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = run / "work" / "report"
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "thresholds.json", "per_class.csv", "per_class.md", "roc.png",
+            "training_curves.png", "f1_per_class.png"} <= names
+    assert names & {"correct.png", "incorrect.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    val = [json.loads(line) for line in open(run / "work" / "metrics.jsonl")]
+    best = max((r for r in val if r["split"] == "val"), key=lambda r: r["macro_f1"])
+    assert metrics["step"] == best["step"]  # the best checkpoint by default
+    assert {"threshold_0.5", "tuned_on_val", "tuned_on_train", "tuned_on_test"} <= set(
+        metrics["test"])
+    assert metrics["val"]["samples"] == 24 and metrics["test"]["samples"] == 24
+
+    setup, state, step = predict.load_run(run / "work")
+    parts = open_store(run / "store").split("default")
+    val = train.predict(setup, state, run / "store", parts["val"])
+    test = train.predict(setup, state, run / "store", parts["test"])
+    saved = report.load_thresholds(out)
+    np.testing.assert_array_equal(saved, evaluate.search_thresholds(val.labels, val.probs))
+    tuned = evaluate.classification_report(test.labels, test.probs, saved)
+    assert metrics["test"]["tuned_on_val"]["macro_f1"] == pytest.approx(tuned["macro"]["f1"])
+    rows = list(csv.DictReader(open(out / "per_class.csv")))
+    assert [float(rows[c]["f1"]) for c in range(28)] == pytest.approx(
+        [c["f1"] for c in tuned["per_class"]], abs=1e-6)
+
+
+def test_predict_on_a_store_writes_probabilities_and_submission(run, tmp_path):
+    r = _main("predict", f"--workdir={run / 'work'}", f"--input={run / 'store'}",
+              f"--output_dir={tmp_path}", "--at_least_one")
+    assert r.returncode == 0, r.stderr[-3000:]
+    probs = np.load(tmp_path / "probabilities.npy")
+    store = open_store(run / "store")
+    assert probs.shape == (96, classes.NUM_CLASSES)
+    setup, state, _ = predict.load_run(run / "work")
+    np.testing.assert_allclose(probs, train.predict(setup, state, run / "store").probs,
+                               rtol=1e-6)
+    table = list(csv.reader(open(tmp_path / "probabilities.csv")))
+    assert table[0] == ["Id", *classes.CLASS_NAMES] and [t[0] for t in table[1:]] == store.ids
+    sub = list(csv.DictReader(open(tmp_path / "submission.csv")))
+    assert [s["Id"] for s in sub] == store.ids and all(s["Predicted"] for s in sub)
+
+
+def test_predict_converts_png_quads_in_the_order_of_an_ids_csv(run, tmp_path):
+    store = open_store(run / "store")
+    ids = store.ids[::-1][:10]  # a subset, in another order: sample_submission.csv's layout
+    (tmp_path / "sample_submission.csv").write_text(
+        "Id,Predicted\n" + "".join(f"{i},0\n" for i in ids))
+    r = _main("predict", f"--workdir={run / 'work'}", f"--input={run / 'raw' / 'train'}",
+              f"--ids_csv={tmp_path / 'sample_submission.csv'}",
+              f"--output_dir={tmp_path / 'out'}", "--workers=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    sub = list(csv.DictReader(open(tmp_path / "out" / "submission.csv")))
+    assert [s["Id"] for s in sub] == ids
+    probs = np.load(tmp_path / "out" / "probabilities.npy")
+    setup, state, _ = predict.load_run(run / "work")
+    rows = np.array([store.ids.index(i) for i in ids])
+    from_store = train.predict(setup, state, run / "store", rows).probs
+    np.testing.assert_allclose(probs, from_store, rtol=1e-6)  # same pixels, same outputs
+
+
+def test_predict_on_the_kaggle_test_layout(run, tmp_path):
+    """The real sample_submission.csv's first Ids, with stand-in PNG quads."""
+    lines = (SHARED / "hpa2019" / "sample_submission.csv").read_text().splitlines()
+    assert lines[0] == "Id,Predicted"
+    ids = [line.split(",")[0] for line in lines[1:6]]
+    write_quads(tmp_path / "test", ids, size=SIZE)
+    (tmp_path / "head.csv").write_text("\n".join(lines[:6]) + "\n")
+    r = _main("predict", f"--workdir={run / 'work'}", f"--input={tmp_path / 'test'}",
+              f"--ids_csv={tmp_path / 'head.csv'}", f"--output_dir={tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    sub = (tmp_path / "out" / "submission.csv").read_text().splitlines()
+    assert sub[0] == "Id,Predicted" and [s.split(",")[0] for s in sub[1:]] == ids
+    for row in sub[1:]:
+        labels = row.split(",")[1].split()
+        assert all(0 <= int(c) < classes.NUM_CLASSES for c in labels)
+
+
+def test_submission_thresholds_and_at_least_one():
+    probs = np.full((2, classes.NUM_CLASSES), 0.1)
+    probs[0, [3, 5]] = 0.7
+    probs[1, 9] = 0.4
+    thresholds = np.full(classes.NUM_CLASSES, 0.5)
+    thresholds[5] = 0.75
+    assert predict.submission_csv(["a", "b"], probs, thresholds) == "Id,Predicted\na,3\nb,\n"
+    assert predict.submission_csv(["a", "b"], probs, thresholds,
+                                  at_least_one=True) == "Id,Predicted\na,3\nb,9\n"
+
+
+def test_report_without_matplotlib_writes_the_numbers_and_says_how(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "import numpy as np\n"
+            "from hpajax import report\n"
+            "rng = np.random.default_rng(0)\n"
+            "y = (rng.random((50, 28)) < 0.3).astype(np.uint8)\n"
+            "s = lambda n: report.Scores(n, y, rng.random((50, 28)))\n"
+            f"report.write_report({str(tmp_path)!r}, s('val'), s('test'))\n")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "hpajax[plots]" in r.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "thresholds.json",
+                                                    "per_class.csv", "per_class.md"}
+
+
+def test_montage_rows_pick_exact_and_worst_predictions():
+    y_true = np.zeros((4, classes.NUM_CLASSES), np.uint8)
+    y_true[:, 0] = 1
+    y_prob = np.full((4, classes.NUM_CLASSES), 0.1)
+    y_prob[:, 0] = [0.9, 0.6, 0.2, 0.8]
+    y_prob[3, 1:4] = 0.9  # three false positives
+    correct, incorrect = report.montage_rows(y_true, y_prob, np.full(28, 0.5), 6)
+    assert correct.tolist() == [0, 1] and incorrect.tolist() == [3, 2]
+
+
+def test_evaluate_and_predict_errors_name_the_problem(run, tmp_path):
+    r = _main("evaluate", f"--workdir={run / 'work'}", "--step=5")
+    assert r.returncode == 1 and "--step=5: no such checkpoint" in r.stderr
+    assert "saved: 3, 6" in r.stderr
+    (tmp_path / "config.json").write_text((run / "work" / "config.json").read_text())
+    r = _main("evaluate", f"--workdir={tmp_path}")
+    assert r.returncode == 1 and "no checkpoint in" in r.stderr
+    r = _main("predict", f"--workdir={run / 'work'}", f"--input={tmp_path / 'nope'}")
+    assert r.returncode == 1 and "neither a store nor a folder" in r.stderr
+
+
+def test_a_smaller_input_size_resizes_on_device(run, tmp_path):
+    config = tiny_config(run / "store", **{"data.input_size": 76,  # the store is 80 px
+                                           "total_steps": 3})
+    train.train_and_evaluate(config, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["input_size"] == 76
+    setup, state, _ = predict.load_run(tmp_path)
+    assert setup.image_shape == (76, 76, 4)
+    assert state.params["block1_conv1"]["kernel"].shape[2] == 4
+
+
+def test_sweep_quick_trains_each_config_and_writes_one_table(tmp_path):
+    r = subprocess.run([PYTHON, str(REPO / "experiments" / "sweep.py"), "--quick",
+                        f"--workdir={tmp_path}", "--num_samples=48", "--total_steps=2",
+                        "--narrow_model"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = ["size80_k3", "size128_k3", "size200_k3", "size200_k5", "size200_k7"]
+    for name in names:
+        assert (tmp_path / name / "report" / "per_class.csv").is_file()
+    table = list(csv.reader(open(tmp_path / "comparison.csv")))
+    assert table[0][1:4] == ["size80_k3 precision", "size80_k3 recall", "size80_k3 f1"]
+    assert len(table[0]) == 1 + 3 * len(names)
+    assert [row[0] for row in table[1:29]] == list(classes.CLASS_NAMES)
+    md = (tmp_path / "comparison.md").read_text()
+    assert all(f"| {name} |" in md for name in names)
