@@ -123,7 +123,7 @@ def roc_figure(path: str | os.PathLike, curves: Sequence[RocCurve | None],
         else:
             ax.plot(curve[0], curve[1], linewidth=1.2)
             ax.set_title(f"{_short(name)}\nAUC {curve[2]:.3f}", fontsize=8)
-        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal")  # AUC 1 stays visible
         ax.tick_params(labelsize=7)
     for ax in axes[len(checked):]:
         ax.set_axis_off()

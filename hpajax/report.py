@@ -15,7 +15,7 @@ Files written to the report directory:
   test split at the validation-tuned thresholds;
 - PNG figures, when matplotlib is installed: ``roc.png`` (Figure 9),
   ``training_curves.png`` (Figure 5), ``f1_per_class.png``, and
-  ``correct.png`` / ``incorrect.png`` montages (Figures 10-11).
+  ``best.png`` / ``worst.png`` montages of test samples (Figures 10-11).
 """
 
 from __future__ import annotations
@@ -133,34 +133,37 @@ def roc_curves(scores: Scores) -> list[tuple[np.ndarray, np.ndarray, float] | No
 
 def montage_rows(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
                  size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the most confident exact predictions and of the worst misses.
+    """Positions of the best and of the worst predicted samples, ``size`` each.
 
-    Correct: the predicted set equals the true set, ordered by the smallest
-    margin to any threshold, largest first. Incorrect: ordered by the number
-    of wrong classes, most first.
+    Samples are ranked by the F1 of their predicted class set against the
+    true one (1 for an exact match), ties broken by the smallest margin to
+    any threshold (confident first for the best, doubtful first for the
+    worst). The best are those with F1 > 0, the worst those with F1 < 1.
     """
     pred = y_prob > thresholds
-    wrong = (pred != np.asarray(y_true, bool)).sum(1)
+    true = np.asarray(y_true, bool)
+    overlap = (pred & true).sum(1)
+    total = pred.sum(1) + true.sum(1)
+    f1 = np.divide(2.0 * overlap, total, out=np.ones(len(true)), where=total > 0)
     margin = np.abs(y_prob - thresholds).min(1)
-    correct = np.flatnonzero(wrong == 0)
-    correct = correct[np.argsort(-margin[correct], kind="stable")]
-    incorrect = np.flatnonzero(wrong > 0)
-    incorrect = incorrect[np.argsort(-wrong[incorrect], kind="stable")]
-    return correct[:size], incorrect[:size]
+    best = np.lexsort((-margin, -f1))
+    worst = np.lexsort((margin, f1))
+    return best[f1[best] > 0][:size], worst[f1[worst] < 1][:size]
 
 
 def _montages(out: pathlib.Path, test: Scores, thresholds: np.ndarray,
               images_of: Callable[[np.ndarray], np.ndarray], ids: Sequence[str] | None,
               size: int) -> list[pathlib.Path]:
     written = []
-    for name, rows in zip(("correct", "incorrect"),
+    for name, rows in zip(("best", "worst"),
                           montage_rows(test.y_true, test.y_prob, thresholds, size)):
         if not len(rows):
             continue
         row_ids = [ids[r] if ids is not None else f"#{r}" for r in rows]
         written.append(figures.prediction_montage(
             out / f"{name}.png", images_of(rows), test.y_prob[rows], test.y_true[rows],
-            thresholds, row_ids, f"{name} predictions on the {test.name} split"))
+            thresholds, row_ids, f"{name} predictions on the {test.name} split "
+            "(by the F1 of each sample's predicted classes)"))
     return written
 
 

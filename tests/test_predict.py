@@ -36,7 +36,7 @@ def test_evaluate_writes_the_report_with_thresholds_tuned_on_val(run):
     names = {p.name for p in out.iterdir()}
     assert {"metrics.json", "thresholds.json", "per_class.csv", "per_class.md", "roc.png",
             "training_curves.png", "f1_per_class.png"} <= names
-    assert names & {"correct.png", "incorrect.png"}
+    assert names & {"best.png", "worst.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     val = [json.loads(line) for line in open(run / "work" / "metrics.jsonl")]
     best = max((r for r in val if r["split"] == "val"), key=lambda r: r["macro_f1"])
@@ -135,14 +135,16 @@ def test_report_without_matplotlib_writes_the_numbers_and_says_how(tmp_path):
                                                     "per_class.csv", "per_class.md"}
 
 
-def test_montage_rows_pick_exact_and_worst_predictions():
-    y_true = np.zeros((4, classes.NUM_CLASSES), np.uint8)
+def test_montage_rows_rank_samples_by_their_f1():
+    y_true = np.zeros((5, classes.NUM_CLASSES), np.uint8)
     y_true[:, 0] = 1
-    y_prob = np.full((4, classes.NUM_CLASSES), 0.1)
-    y_prob[:, 0] = [0.9, 0.6, 0.2, 0.8]
-    y_prob[3, 1:4] = 0.9  # three false positives
-    correct, incorrect = report.montage_rows(y_true, y_prob, np.full(28, 0.5), 6)
-    assert correct.tolist() == [0, 1] and incorrect.tolist() == [3, 2]
+    y_prob = np.full((5, classes.NUM_CLASSES), 0.1)
+    y_prob[:, 0] = [0.9, 0.6, 0.2, 0.8, 0.7]
+    y_prob[3, 1:4] = 0.9  # three false positives: F1 0.5
+    y_prob[4, 1] = 0.9  # one false positive: F1 2/3
+    best, worst = report.montage_rows(y_true, y_prob, np.full(28, 0.5), 6)
+    assert best.tolist() == [0, 1, 4, 3]  # exact (confident first), then by F1; not #2 (F1 0)
+    assert worst.tolist() == [2, 3, 4]  # F1 0, 0.5, 2/3; exact matches are not shown
 
 
 def test_evaluate_and_predict_errors_name_the_problem(run, tmp_path):
