@@ -1,17 +1,27 @@
 """Orbax checkpoints holding the train state and the Grain iterator state as one step.
 
 Each step directory holds ``state`` (params, batch statistics, optimizer and
-LR-plateau state, step, RNG) and ``data`` (the training iterator's position,
-one JSON file per process, written by Grain's Orbax handler). Saving is
-asynchronous; the policy keeps the last ``keep`` steps plus the best one by
-the configured evaluation metric.
+LR-plateau state, step, RNG), ``sums`` (the training-loss sums since the last
+log line, so a resumed run logs exactly what an uninterrupted one would) and
+``data`` (the training iterator's position, one JSON file per process,
+written by Grain's Orbax handler). Saving is asynchronous; the policy keeps
+the last ``keep`` steps plus the best one by the configured evaluation metric.
+
+Orbax writes a step into a temporary directory and renames it when complete,
+so a crash never leaves a half-written step behind. A step that is damaged
+all the same (a truncated or deleted file, a state of another shape) fails to
+restore: ``restore_latest`` then moves it to ``damaged/`` beside the
+checkpoints, warns with the reason and falls back to the previous step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pathlib
+import time
 from typing import Any
 
 import grain
@@ -51,8 +61,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             best_fn=metric, best_mode=best_mode, preservation_policy=policy,
             enable_async_checkpointing=True, create=True)
-        self.manager = ocp.CheckpointManager(os.fspath(os.path.abspath(directory)),
-                                             options=options)
+        self.directory = pathlib.Path(os.path.abspath(directory))
+        self.manager = ocp.CheckpointManager(os.fspath(self.directory), options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -60,29 +70,98 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
-    def save(self, step: int, state: Any, iterator_state: dict,
+    def save(self, step: int, state: Any, sums: Any, iterator_state: dict,
              metrics: dict[str, float] | None = None) -> None:
         """Starts writing a step; returns before the write completes."""
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(state), sums=ocp.args.StandardSave(sums),
             data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator_state)))
-        self.manager.save(step, args=args, metrics=metrics)
+        with self._write_errors():  # raised here for the previous, asynchronous write too
+            self.manager.save(step, args=args, metrics=metrics)
 
-    def restore(self, step: int, target: Any, iterator: Any = None) -> Any:
-        """Restores ``step`` into ``target``'s structure and shardings.
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Any failure of a (possibly earlier, asynchronous) write as one clear error."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001  TensorStore reports full disks as ValueError
+            raise CheckpointWriteError(
+                f"writing a checkpoint to {self.directory} failed (disk full or not "
+                f"writable?): {str(e)[:500]}; the complete steps there are kept") from e
+
+    def restore(self, step: int, state: Any, sums: Any = None,
+                iterator: Any = None) -> tuple[Any, Any]:
+        """Restores ``step`` into the structure and shardings of ``state`` (and ``sums``).
 
         With ``iterator``, also moves that Grain iterator to the saved position.
         """
-        items = {"state": ocp.args.StandardRestore(
-            jax.tree.map(ocp.utils.to_shape_dtype_struct, target))}
+        items = {"state": ocp.args.StandardRestore(_abstract(state))}
+        if sums is not None:
+            items["sums"] = ocp.args.StandardRestore(_abstract(sums))
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored.state, restored.sums if sums is not None else None
+
+    def restore_latest(self, state: Any, sums: Any, iterator: Any
+                       ) -> tuple[int, Any, Any] | None:
+        """The newest usable step as (step, state, sums); None if there are no steps.
+
+        Steps newer than the one restored failed to restore: they are moved
+        aside with a warning, so that the resumed run can write them again.
+        If no step is usable, nothing is moved and ``CheckpointError`` lists
+        every step's reason (e.g. a systematic mismatch is not mistaken for
+        damage to every checkpoint).
+        """
+        reasons = {}
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.restore(step, state, sums, iterator)
+            except Exception as e:  # noqa: BLE001  any failure to read makes the step unusable
+                reasons[step] = f"{type(e).__name__}: {str(e)[:300]}"
+                continue
+            for bad, reason in reasons.items():
+                moved = self._move_aside(bad)
+                print(f"warning: checkpoint {bad} in {self.directory} is unusable ({reason}); "
+                      f"moved to {moved}, resuming from step {step}", flush=True)
+            return (step, *restored)
+        if reasons:
+            raise CheckpointError(f"no usable checkpoint in {self.directory}: " + "; ".join(
+                f"step {step}: {reason}" for step, reason in reasons.items()))
+        return None
+
+    def _move_aside(self, step: int) -> pathlib.Path:
+        """Moves a step directory to ``damaged/STEP-TIME`` so the step can be rewritten."""
+        target = self.directory.parent / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.directory / str(step), target)
+        self.manager.reload()
+        return target
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's distributed preemption notice says to save and stop at ``step``."""
+        return self.manager.reached_preemption(step)
 
     def close(self) -> None:
         """Waits for pending writes and releases the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with self._write_errors():
+                self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be restored."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the complete ones are untouched."""
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 def params_sha256(params: Any, batch_stats: Any) -> str:

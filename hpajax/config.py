@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_metric, c.best_mode = "macro_f1", "max"
     c.seed = 0
     c.bn_recalibration_batches = 20  # exact BatchNorm statistics before each evaluation
+    c.skip_nonfinite = False  # NaN/Inf loss or gradient: stop (False) or skip the step
 
     c.model = ml_collections.ConfigDict()
     c.model.kernel_size = 3

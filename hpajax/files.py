@@ -14,7 +14,7 @@ from typing import Any
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Writes ``data`` to a temporary file, syncs it, then renames it over ``path``."""
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # one writer per file: see workdir.py
     with open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 
+import jax
 from absl import flags, logging
 from tensorboardX import SummaryWriter
 
@@ -18,18 +19,29 @@ from hpajax.data import store as storelib
 
 
 class MetricsLog:
-    """Appends metrics records (JSONL) and TensorBoard scalars, process 0 only."""
+    """Appends metrics records (JSONL) and TensorBoard scalars, process 0 only.
+
+    In a multi-process run every process makes one and calls ``write`` alike,
+    but only process 0 touches the files: the others neither truncate nor
+    write ``metrics.jsonl`` and create no TensorBoard writer.
+    """
 
     def __init__(self, workdir: str | os.PathLike, start_step: int):
         workdir = pathlib.Path(workdir)
         self.path = workdir / "metrics.jsonl"
         self.tensorboard_dir = workdir / "tensorboard"
+        self.primary = jax.process_index() == 0
+        self._file = self._tb = None
+        if not self.primary:
+            return
         _truncate_after(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Records one event; numbers also go to TensorBoard as ``split/name``."""
+        if not self.primary:
+            return
         self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         self._file.flush()
         for name, value in values.items():
@@ -37,8 +49,9 @@ class MetricsLog:
                 self._tb.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
-        self._file.close()
-        self._tb.close()
+        if self.primary:
+            self._file.close()
+            self._tb.close()
 
 
 def _truncate_after(path: pathlib.Path, step: int) -> None:

@@ -5,15 +5,22 @@ Commands:
   train     train (or resume) --config=experiments/configs/NAME.py --workdir=DIR
   evaluate  tuned thresholds, metric tables and figures in DIR/report/ --workdir=DIR
   predict   probabilities and a Kaggle submission --workdir=DIR --input=STORE_OR_PNG_DIR
+
+Multi-host: run the same command in every process with --coordinator_address,
+--num_processes and --process_id (or none of them under SLURM or on a Cloud
+TPU pod slice, which are detected); see hpajax/distributed.py.
 """
 
+import contextlib
 import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import demo, logs, predict, train, xla_defaults
+from hpajax import demo, distributed, logs, predict, train, xla_defaults
+from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
 config_flags.DEFINE_config_file("config", None, "Training config file (get_config()); "
@@ -33,6 +40,11 @@ flags.DEFINE_string("ids_csv", None, "predict: CSV with an Id column (e.g. sampl
                     "giving the images and their order; default: every quad in --input.")
 flags.DEFINE_bool("at_least_one", False, "predict: give an image with no class above threshold "
                   "its most probable class in submission.csv.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0's "
+                    "coordinator, the same for every process.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's number, 0 to "
+                     "num_processes - 1.")
 FLAGS = flags.FLAGS
 
 COMMANDS = ("demo", "train", "evaluate", "predict")
@@ -44,11 +56,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m hpajax.main [{'|'.join(COMMANDS)}] --flags; "
                              f"got {' '.join(argv[1:])!r}")
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logs.quiet_library_logs()
 
+    # In a multi-process run only process 0 prints (progress lines); errors still show.
+    quiet = jax.distributed.is_initialized() and jax.process_index() != 0
     try:
-        run(command)
-    except (ValueError, FileNotFoundError, ConversionError) as e:  # say what, no traceback
+        with open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stdout(devnull if quiet else sys.stdout):
+            run(command)
+    except (ValueError, OSError, ConversionError, CheckpointError,
+            FloatingPointError) as e:  # bad input or a failed run: say what, no traceback
         sys.exit(f"{command}: error: {e}")
 
 

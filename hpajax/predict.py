@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from hpajax import checkpointing, classes, report, train
+from hpajax import workdir as workdir_lib
 from hpajax.data import convert, open_store, pipeline
 from hpajax.data.store import METADATA
 from hpajax.files import write_atomic
@@ -31,7 +32,7 @@ from hpajax.files import write_atomic
 def load_run(workdir: str | os.PathLike, step: int | None = None
              ) -> tuple[train.Setup, train.TrainState, int]:
     """The run's setup and the state of ``step`` (default: the best checkpoint)."""
-    config = train.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
                                       config.keep_checkpoints, config.best_metric,
                                       config.best_mode)
@@ -48,7 +49,7 @@ def load_run(workdir: str | os.PathLike, step: int | None = None
                                   train.input_shape(config))
     else:
         setup = train.make_setup(config)
-    state = ckpt.restore(step, train.init_state(setup))
+    state, _ = ckpt.restore(step, train.init_state(setup))
     ckpt.close()
     if not evaluated:
         state = train.recalibrate_batch_stats(setup, state)

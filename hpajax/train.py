@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import time
@@ -36,9 +35,11 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpajax import augment, checkpointing, evaluate, logs, losses
+from hpajax import workdir as workdir_lib
 from hpajax import model as model_lib
 from hpajax.data import open_store, pipeline
 from hpajax.data.store import Store
+from hpajax.preemption import Preemption
 
 
 @flax.struct.dataclass
@@ -125,9 +126,19 @@ def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
     (loss, batch_stats), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
-    return state, {"loss": acc["loss"] + loss, "steps": acc["steps"] + 1}
+    updated = state.replace(params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+    # A NaN/Inf loss, gradient or update leaves the state as it was; the loop decides
+    # on the host, at its next sync, whether to stop or skip.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+              & jnp.isfinite(optax.tree.norm(updates)))
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    state = state.replace(step=state.step + 1)
+    return state, {"loss": acc["loss"] + jnp.where(finite, loss, 0.0),
+                   "steps": acc["steps"] + finite,
+                   "nonfinite": acc["nonfinite"] + ~finite,
+                   "first_nonfinite": jnp.where((acc["first_nonfinite"] == 0) & ~finite,
+                                                state.step, acc["first_nonfinite"])}
 
 
 def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> dict:
@@ -206,7 +217,7 @@ def init_state(setup: Setup) -> TrainState:
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables["batch_stats"], opt_state=setup.tx.init(params),
                        plateau=setup.plateau.init(params), rng=aug_key)
-    return jax.device_put(state, setup.replicated)
+    return jax.device_put(jax.device_get(state), setup.replicated)
 
 
 def to_device(setup: Setup, batch: dict) -> dict:
@@ -258,20 +269,41 @@ class Predictions:
 
 def predict(setup: Setup, state: TrainState, store_path: str | os.PathLike,
             indices: np.ndarray | None = None) -> Predictions:
-    """Probabilities of the given rows of a store (default: all), un-augmented."""
-    cfg = setup.config
-    ds = pipeline.eval_dataset(store_path, indices, batch_size=cfg.eval_batch_size,
+    """Probabilities of the given rows of a store (default: all), un-augmented.
+
+    ``config.eval_batch_size`` is the global batch, split over the processes.
+    In a multi-process run every process must call this: each evaluates a
+    contiguous block of the rows (``pipeline.eval_dataset``), and every
+    process returns all the rows, in the order of ``indices``, as a
+    single-process run does.
+    """
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    cfg, procs = setup.config, jax.process_count()
+    if cfg.eval_batch_size % procs:
+        raise ValueError(f"config.eval_batch_size={cfg.eval_batch_size} does not divide by "
+                         f"the {procs} processes")
+    ds = pipeline.eval_dataset(store_path, indices, batch_size=cfg.eval_batch_size // procs,
                                channels=cfg.data.channels, shard_index=jax.process_index(),
-                               shard_count=jax.process_count())
-    loss_sum, count, rows, probs, labels = 0.0, 0, [], [], []
+                               shard_count=procs)
+    loss_sum, count = 0.0, 0
+    local = {"index": [], "mask": [], "label": [], "probs": []}  # this process's rows
     for batch in ds:
-        out = jax.device_get(setup.eval_step(state, to_device(setup, batch)))
+        out = setup.eval_step(state, to_device(setup, batch))
         loss_sum, count = loss_sum + float(out["loss_sum"]), count + int(out["count"])
-        mask = batch["mask"]
-        rows.append(batch["index"][mask])
-        probs.append(out["probs"][mask])
-        labels.append(batch["label"][mask])
-    return Predictions(np.concatenate(rows), np.concatenate(probs), np.concatenate(labels),
+        shards = sorted(out["probs"].addressable_shards, key=lambda s: s.index[0].start or 0)
+        local["probs"].append(np.concatenate([np.asarray(s.data) for s in shards]))
+        for key in ("index", "mask", "label"):
+            local[key].append(batch[key])
+    local = {k: np.concatenate(v) for k, v in local.items()}
+    # Every process has as many batches: equal shapes, as process_allgather needs.
+    local["process"] = np.full(len(local["mask"]), jax.process_index(), np.int32)
+    rows = multihost_utils.process_allgather(local, tiled=True)
+    # Process k holds the k-th block of the rows: a stable sort by process
+    # restores their order, whatever order the gather concatenated them in.
+    order = np.argsort(rows["process"], kind="stable")
+    order = order[rows["mask"][order]]
+    return Predictions(rows["index"][order], rows["probs"][order], rows["label"][order],
                        loss_sum / count)
 
 
@@ -289,91 +321,141 @@ def update_plateau(setup: Setup, state: TrainState, val_loss: float) -> TrainSta
 
 
 def zero_acc(setup: Setup) -> dict:
-    """Empty on-device training-metric sums (loss, steps) for ``train_step``."""
-    return jax.device_put({"loss": jnp.float32(0), "steps": jnp.int32(0)}, setup.replicated)
+    """Empty on-device training sums for ``train_step``: loss and step counts.
 
-
-def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
-    if path.exists() and path.read_text() != text:
-        print(f"note: the config differs from the one saved in {path}; saving the new one")
-    path.write_text(text)
+    ``nonfinite`` counts steps whose loss or gradient was NaN/Inf (their
+    update skipped), ``first_nonfinite`` is the first such step (0: none).
+    """
+    zeros = {"loss": jnp.float32(0), "steps": jnp.int32(0), "nonfinite": jnp.int32(0),
+             "first_nonfinite": jnp.int32(0)}
+    return jax.device_put(jax.device_get(zeros), setup.replicated)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains to ``config.total_steps`` (resuming from the latest checkpoint).
+    """Trains to ``config.total_steps``, resuming from the latest usable checkpoint.
 
-    Returns the last validation metrics.
+    Returns the last validation metrics. Stops early, with a checkpoint, on
+    SIGTERM (see ``preemption``); raises ``FloatingPointError`` on a NaN/Inf
+    step unless ``config.skip_nonfinite``.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_lib.prepare(workdir)
     setup = make_setup(config)
     config.data.input_size = setup.image_shape[0]  # recorded: prediction needs no store
-    _save_config(config, workdir)
-    val_indices = open_store(setup.store_path).split(config.data.split)[config.data.eval_part]
-    state = init_state(setup)
-    train_iter = iter(train_batches(setup, config.seed, config.data.num_workers))
+    store = open_store(setup.store_path)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                       config.best_metric, config.best_mode)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(start, state, train_iter)
+    resuming = bool(ckpt.manager.all_steps())
+    primary = jax.process_index() == 0  # the one writer of the workdir's own files
+    workdir_lib.check_data(workdir, workdir_lib.data_fingerprint(store, setup.train_indices),
+                           resuming, write=primary)
+    workdir_lib.save_config(config, workdir, resuming, write=primary)
+    train_iter = iter(train_batches(setup, config.seed, config.data.num_workers))
+    state, acc, start = init_state(setup), zero_acc(setup), 0
+    restored = ckpt.restore_latest(state, acc, train_iter)
+    if restored is not None:
+        start, state, acc = restored
         print(f"resumed from {workdir / 'checkpoints'} at step {start}")
     log = logs.MetricsLog(workdir, start)
     print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
-    metrics = _loop(setup, state, train_iter, val_indices, ckpt, log, start)
-    ckpt.close()
-    log.close()
-    return metrics
+    preemption = Preemption(ckpt.reached_preemption)
+    loop = _Loop(setup, store, ckpt, log, preemption)
+    try:
+        return loop.run(state, acc, train_iter, start)
+    finally:
+        preemption.close()
+        ckpt.close()
+        log.close()
 
 
-def _loop(setup: Setup, state: TrainState, train_iter: Iterator, val_indices: np.ndarray,
-          ckpt: checkpointing.Checkpointer, log: logs.MetricsLog, start: int) -> dict:
-    cfg = setup.config
-    acc, metrics, clock = zero_acc(setup), {}, None
-    for step in range(start + 1, cfg.total_steps + 1):
-        state, acc = setup.train_step(state, to_device(setup, next(train_iter)), acc)
-        if clock is None:  # time from the end of the first (compiling) step
-            jax.block_until_ready(acc)
-            clock = (time.perf_counter(), step)
-        last = step == cfg.total_steps
-        if step % cfg.log_every == 0 or last:
-            clock = _log_train(setup, state, acc, log, step, clock)
-            acc = zero_acc(setup)
-        evaluated = step % cfg.eval_every == 0 or last
-        if evaluated:
-            state = recalibrate_batch_stats(setup, state)
-            metrics = evaluate_split(setup, state, val_indices)
-            state = update_plateau(setup, state, metrics["loss"])
-            log.write(step, "val", metrics)
-            print(f"step {step} val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if evaluated or step % cfg.checkpoint_every == 0:
-            sha = checkpointing.params_sha256(state.params, state.batch_stats)
-            ckpt.save(step, state, train_iter.get_state(), metrics if evaluated else None)
-            log.write(step, "checkpoint", {"params_sha256": sha})
-            clock = (time.perf_counter(), step)  # training speed excludes evaluation
-    return metrics
+class _Loop:
+    """The training loop and what it reports; one per ``train_and_evaluate`` call."""
+
+    def __init__(self, setup: Setup, store: Store, ckpt: checkpointing.Checkpointer,
+                 log: logs.MetricsLog, preemption: Preemption):
+        self.setup, self.store, self.ckpt, self.log = setup, store, ckpt, log
+        self.preemption = preemption
+        self.val_indices = store.split(setup.config.data.split)[setup.config.data.eval_part]
+        self.recent: dict[int, np.ndarray] = {}  # step -> store rows, since the last sync
+        self.clock = None
+
+    def run(self, state: TrainState, acc: dict, train_iter: Iterator, start: int) -> dict:
+        cfg, metrics = self.setup.config, {}
+        for step in range(start + 1, cfg.total_steps + 1):
+            batch = next(train_iter)
+            self.recent[step] = batch["index"]
+            state, acc = self.setup.train_step(state, to_device(self.setup, batch), acc)
+            if self.clock is None:  # time from the end of the first (compiling) step
+                jax.block_until_ready(acc)
+                self.clock = (time.perf_counter(), step)
+            stop = self.preemption.requested(step)
+            last = step == cfg.total_steps
+            logged = step % cfg.log_every == 0 or last
+            evaluated = step % cfg.eval_every == 0 or last
+            saved = evaluated or stop or step % cfg.checkpoint_every == 0
+            if logged or saved:
+                self._check_finite(step, jax.device_get(acc))
+            if logged:
+                self._log_train(state, acc, step)
+                acc = zero_acc(self.setup)
+            if evaluated:
+                state, metrics = self._evaluate(state, step)
+            if saved:
+                self._save(state, acc, train_iter, step, metrics if evaluated else None)
+            if stop:
+                print(f"stopped by SIGTERM after step {step}, checkpoint saved; rerun the same "
+                      "command to resume", flush=True)
+                break
+        return metrics
+
+    def _check_finite(self, step: int, acc: dict) -> None:
+        """Raises on NaN/Inf steps since the last check, or counts them when skipping."""
+        bad, first = int(acc["nonfinite"]), int(acc["first_nonfinite"])
+        rows = self.recent.get(first, np.zeros(0, np.int64))
+        self.recent.clear()
+        if not bad:
+            return
+        ids = ", ".join(self.store.ids[r] for r in rows[:32])
+        message = (f"step {first}: NaN or Inf in the loss or gradients ({bad} such step(s) "
+                   f"up to step {step}); the batch's sample Ids: {ids}")
+        if not self.setup.config.skip_nonfinite:
+            raise FloatingPointError(message + "; the update was not applied and the "
+                                     "checkpoints hold the last good state. Set "
+                                     "--config.skip_nonfinite=True to skip such steps")
+        print(f"warning: {message}; update skipped", flush=True)
+
+    def _evaluate(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
+        state = recalibrate_batch_stats(self.setup, state)
+        metrics = evaluate_split(self.setup, state, self.val_indices)
+        state = update_plateau(self.setup, state, metrics["loss"])
+        self.log.write(step, "val", metrics)
+        print(f"step {step} val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return state, metrics
+
+    def _save(self, state: TrainState, acc: dict, train_iter: Iterator, step: int,
+              metrics: dict | None) -> None:
+        sha = checkpointing.params_sha256(state.params, state.batch_stats)
+        self.ckpt.save(step, state, acc, train_iter.get_state(), metrics)
+        self.log.write(step, "checkpoint", {"params_sha256": sha})
+        self.clock = (time.perf_counter(), step)  # training speed excludes evaluation
+
+    def _log_train(self, state: TrainState, acc: dict, step: int) -> None:
+        """Logs the summed training loss fetched by the last sync."""
+        acc = jax.device_get(acc)
+        now, (then, then_step) = time.perf_counter(), self.clock
+        cfg = self.setup.config
+        lr = cfg.optimizer.learning_rate * float(state.plateau.scale)
+        loss = float(acc["loss"] / max(int(acc["steps"]), 1))
+        epoch = step * cfg.batch_size / len(self.setup.train_indices)
+        values = {"loss": loss, "lr": lr, "epoch": epoch}
+        if int(acc["nonfinite"]):
+            values["nonfinite_steps"] = int(acc["nonfinite"])
+        images_per_s = None
+        if step > then_step:  # not on the step right after (re)compiling
+            images_per_s = values["images_per_s"] = ((step - then_step) * cfg.batch_size
+                                                     / (now - then))
+        self.log.write(step, "train", values)
+        print(logs.progress_line(step, cfg.total_steps, epoch, loss, lr, images_per_s,
+                                 cfg.batch_size), flush=True)
+        self.clock = (now, step)
 
 
-def _log_train(setup, state, acc, log, step, clock):
-    """Fetches the summed training loss (the only host sync) and logs it."""
-    acc = jax.device_get(acc)
-    now, (then, then_step) = time.perf_counter(), clock
-    cfg = setup.config
-    lr = cfg.optimizer.learning_rate * float(state.plateau.scale)
-    loss = float(acc["loss"] / max(int(acc["steps"]), 1))
-    epoch = step * cfg.batch_size / len(setup.train_indices)
-    values = {"loss": loss, "lr": lr, "epoch": epoch}
-    images_per_s = None
-    if step > then_step:  # not on the step right after (re)compiling
-        images_per_s = values["images_per_s"] = (step - then_step) * cfg.batch_size / (now - then)
-    log.write(step, "train", values)
-    print(logs.progress_line(step, cfg.total_steps, epoch, loss, lr, images_per_s,
-                             cfg.batch_size), flush=True)
-    return now, step
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved in its workdir."""
-    return ml_collections.ConfigDict(json.loads((pathlib.Path(workdir) / "config.json").read_text()))

@@ -20,11 +20,13 @@ Design:
   of paying ~2 ms per sample in Python.
 * Training shuffles globally and then shards: positions ``range(n)`` are
   shuffled (reshuffled every epoch: Grain folds the epoch into the shuffle
-  seed when ``shuffle`` comes before ``repeat``), repeated forever, and
-  process ``k`` of ``K`` takes every ``K``-th position. The union of the ``K``
-  processes' step-``t`` batches is exactly the single-process step-``t`` batch
-  of size ``K * B``, so the sample sequence does not depend on the number of
-  hosts, and within each epoch the shards are disjoint and cover the split.
+  seed when ``shuffle`` comes before ``repeat``), repeated forever, cut into
+  global batches of ``K * B``, and process ``k`` of ``K`` takes the ``k``-th
+  block of ``B`` of each. The ``K`` processes' step-``t`` batches, in process
+  order, are exactly the single-process step-``t`` batch of size ``K * B``,
+  in its order: the sample sequence, and which sample each row's
+  augmentation and device get, do not depend on the number of hosts; within
+  each epoch the shards are disjoint and cover the split.
 * Evaluation gives each process a contiguous block of the split, in order, in
   batches padded with masked-out zero samples; every process yields the same
   number of batches (padding with fully masked batches) so that jitted
@@ -253,9 +255,10 @@ def train_dataset(
     """Endless shuffled training batches of this process's shard of a split.
 
     ``indices`` are store rows (None: all); ``batch_size`` is per process.
-    Every epoch is a fresh permutation of the split (fixed by ``seed``), dealt
-    round-robin to the ``shard_count`` processes; batches are full (an epoch's
-    last partial batch continues into the next epoch).
+    Every epoch is a fresh permutation of the split (fixed by ``seed``); each
+    global batch of ``batch_size * shard_count`` of it is dealt to the
+    processes in blocks of ``batch_size``; batches are full (an epoch's last
+    partial batch continues into the next epoch).
     """
     _check_batch_size(batch_size)
     _check_sharding(shard_index, shard_count)
@@ -268,10 +271,19 @@ def train_dataset(
         raise ValueError(f"split of {len(source)} samples is smaller than one global "
                          f"batch ({shard_count} x {batch_size})")
     positions = grain.MapDataset.range(len(source)).shuffle(_shuffle_seed(seed)).repeat()
-    ds = (positions[shard_index::shard_count]
-          .batch(batch_size, drop_remainder=True)
-          .map(source.read_batch))
+    ds = (positions.batch(batch_size * shard_count, drop_remainder=True)
+          .map(_BlockReader(source, shard_index * batch_size, batch_size)))
     return to_iter(ds, num_workers, prefetch)
+
+
+class _BlockReader:
+    """Reads one process's block of a global batch of positions (picklable for workers)."""
+
+    def __init__(self, source: StoreSource, start: int, size: int):
+        self.source, self.start, self.size = source, start, size
+
+    def __call__(self, positions: np.ndarray) -> Batch:
+        return self.source.read_batch(positions[self.start:self.start + self.size])
 
 
 def eval_positions(num_samples: int, batch_size: int, shard_index: int,

@@ -1,0 +1,118 @@
+"""The run folder's records that make a resume safe: config, data fingerprint, writability.
+
+A run's checkpoints only make sense with the model shape and the data they
+were trained on. On a resume the saved ``config.json`` is compared field by
+field on what shapes the state (``model.*``, ``data.channels``,
+``data.input_size``), and ``data.json`` records the training store's sample
+count, Ids and split, so that a changed store is refused instead of silently
+misaligning the data order. Other fields (steps, learning rate, logging) may
+change between launches. In a multi-process run every process checks and
+only process 0 writes (``write``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+
+import ml_collections
+import numpy as np
+
+from hpajax.data.store import Store
+from hpajax.files import write_atomic, write_json
+
+CONFIG = "config.json"
+DATA = "data.json"
+SHAPE_FIELDS = ("model", "data.channels", "data.input_size")
+
+
+def prepare(workdir: str | os.PathLike) -> pathlib.Path:
+    """Creates the workdir and checks that files can be written there."""
+    path = pathlib.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test.")  # one per process
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--workdir={path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a run saved in its workdir."""
+    path = pathlib.Path(workdir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG} in {workdir}: not a training workdir")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                resuming: bool, write: bool = True) -> None:
+    """Saves the config; on a resume first refuses a change of the state's shape."""
+    path = workdir / CONFIG
+    text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
+    if resuming and path.is_file():
+        _check_same_shape(json.loads(path.read_text()), json.loads(text), workdir)
+    if not write:
+        return
+    if path.exists() and path.read_text() != text:
+        print(f"note: the config differs from the one saved in {path}; saving the new one")
+    write_atomic(path, text)
+
+
+def _field(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _flatten(tree, prefix: str) -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
+
+
+def _check_same_shape(saved: dict, new: dict, workdir: pathlib.Path) -> None:
+    for field in SHAPE_FIELDS:
+        old_values = _flatten(_field(saved, field), field)
+        new_values = _flatten(_field(new, field), field)
+        for name in sorted(set(old_values) | set(new_values)):
+            if old_values.get(name) != new_values.get(name):
+                raise ValueError(
+                    f"config.{name}={new_values.get(name)!r} does not match the checkpoints "
+                    f"in {workdir}, trained with {old_values.get(name)!r}; keep the saved "
+                    f"value or start a new --workdir")
+
+
+def data_fingerprint(store: Store, train_indices: np.ndarray) -> dict:
+    """What the data order depends on: the store's Ids and the training split."""
+    return {"store": str(store.path), "samples": len(store.ids),
+            "ids_sha256": hashlib.sha256("\n".join(store.ids).encode()).hexdigest(),
+            "train_split_sha256": hashlib.sha256(
+                np.asarray(train_indices, np.int64).tobytes()).hexdigest()}
+
+
+def check_data(workdir: pathlib.Path, fingerprint: dict, resuming: bool,
+               write: bool = True) -> None:
+    """Records the fingerprint; on a resume refuses a store that changed since."""
+    path = workdir / DATA
+    if resuming and path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [key for key in ("samples", "ids_sha256", "train_split_sha256")
+                   if saved.get(key) != fingerprint[key]]
+        if changed:
+            what = {"samples": f"{saved.get('samples')} samples then, "
+                               f"{fingerprint['samples']} now",
+                    "ids_sha256": "the sample Ids differ",
+                    "train_split_sha256": "the training split differs"}
+            raise ValueError(
+                f"the training data changed since the checkpoints in {workdir} were written "
+                f"({'; '.join(what[k] for k in changed)}; store {fingerprint['store']}): "
+                f"resuming would misalign the data order. Restore the store or start a new "
+                f"--workdir")
+    if write:
+        write_json(path, fingerprint)
