@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import demo, distributed, logs, predict, train, xla_defaults
+from hpajax import demo, distributed, logs, predict, preemption, train, xla_defaults
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
@@ -57,6 +57,8 @@ def main(argv: list[str]) -> None:
                              f"got {' '.join(argv[1:])!r}")
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if command in ("train", "demo"):
+        preemption.catch_sigterm()  # from here on, SIGTERM means: save and stop
     logs.quiet_library_logs()
 
     # In a multi-process run only process 0 prints (progress lines); errors still show.
@@ -68,6 +70,8 @@ def main(argv: list[str]) -> None:
     except (ValueError, OSError, ConversionError, CheckpointError,
             FloatingPointError) as e:  # bad input or a failed run: say what, no traceback
         sys.exit(f"{command}: error: {e}")
+    except preemption.Preempted as e:  # a clean stop: the next launch resumes
+        print(e, flush=True)
 
 
 def run(command: str) -> None:

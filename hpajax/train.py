@@ -39,7 +39,7 @@ from hpajax import workdir as workdir_lib
 from hpajax import model as model_lib
 from hpajax.data import open_store, pipeline
 from hpajax.data.store import Store
-from hpajax.preemption import Preemption
+from hpajax import preemption
 
 
 @flax.struct.dataclass
@@ -334,9 +334,9 @@ def zero_acc(setup: Setup) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to ``config.total_steps``, resuming from the latest usable checkpoint.
 
-    Returns the last validation metrics. Stops early, with a checkpoint, on
-    SIGTERM (see ``preemption``); raises ``FloatingPointError`` on a NaN/Inf
-    step unless ``config.skip_nonfinite``.
+    Returns the last validation metrics. On SIGTERM saves a checkpoint and
+    raises ``preemption.Preempted``; raises ``FloatingPointError`` on a
+    NaN/Inf step unless ``config.skip_nonfinite``.
     """
     workdir = workdir_lib.prepare(workdir)
     setup = make_setup(config)
@@ -357,12 +357,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f"resumed from {workdir / 'checkpoints'} at step {start}")
     log = logs.MetricsLog(workdir, start)
     print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
-    preemption = Preemption(ckpt.reached_preemption)
-    loop = _Loop(setup, store, ckpt, log, preemption)
+    preempt = preemption.Preemption(ckpt.reached_preemption)
+    loop = _Loop(setup, store, ckpt, log, preempt)
     try:
         return loop.run(state, acc, train_iter, start)
     finally:
-        preemption.close()
+        preempt.close()
         ckpt.close()
         log.close()
 
@@ -371,9 +371,9 @@ class _Loop:
     """The training loop and what it reports; one per ``train_and_evaluate`` call."""
 
     def __init__(self, setup: Setup, store: Store, ckpt: checkpointing.Checkpointer,
-                 log: logs.MetricsLog, preemption: Preemption):
+                 log: logs.MetricsLog, preempt: preemption.Preemption):
         self.setup, self.store, self.ckpt, self.log = setup, store, ckpt, log
-        self.preemption = preemption
+        self.preempt = preempt
         self.val_indices = store.split(setup.config.data.split)[setup.config.data.eval_part]
         self.recent: dict[int, np.ndarray] = {}  # step -> store rows, since the last sync
         self.clock = None
@@ -387,7 +387,7 @@ class _Loop:
             if self.clock is None:  # time from the end of the first (compiling) step
                 jax.block_until_ready(acc)
                 self.clock = (time.perf_counter(), step)
-            stop = self.preemption.requested(step)
+            stop = self.preempt.requested(step)
             last = step == cfg.total_steps
             logged = step % cfg.log_every == 0 or last
             evaluated = step % cfg.eval_every == 0 or last
@@ -402,9 +402,8 @@ class _Loop:
             if saved:
                 self._save(state, acc, train_iter, step, metrics if evaluated else None)
             if stop:
-                print(f"stopped by SIGTERM after step {step}, checkpoint saved; rerun the same "
-                      "command to resume", flush=True)
-                break
+                raise preemption.Preempted(f"stopped by SIGTERM after step {step}, checkpoint "
+                                           "saved; rerun the same command to resume")
         return metrics
 
     def _check_finite(self, step: int, acc: dict) -> None:

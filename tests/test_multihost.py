@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 
@@ -254,3 +255,37 @@ def test_initialize_only_with_flags_or_a_cluster(monkeypatch):
                         "SLURM_LOCALID": "0"}.items():
         monkeypatch.setenv(name, value)
     assert distributed.cluster_detected()
+
+
+def test_sigterm_to_one_process_stops_both_at_one_synced_step(store, tmp_path):
+    """JAX's preemption service and Orbax's sync point: one SIGTERM, one checkpoint, exit 0."""
+    coordinator = f"--coordinator_address=localhost:{free_port()}"
+    workdir = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        cmd = train_cmd(store, workdir, "--config.total_steps=500", "--config.eval_every=500",
+                        "--config.checkpoint_every=500", coordinator, "--num_processes=2",
+                        f"--process_id={i}")
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env(1), text=True,
+                                      stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    try:
+        out = []
+        for line in procs[0].stdout:
+            out.append(line)
+            if line.startswith("step 5/500"):
+                procs[1].send_signal(signal.SIGTERM)  # preempt the other process only
+                break
+        out += procs[0].stdout.read()
+        codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0, 0], "".join(out)[-3000:]
+    stopped = [line for line in out if line.startswith("stopped by SIGTERM after step ")]
+    assert len(stopped) == 1, "".join(out)[-3000:]
+    step = int(stopped[0].split("after step ")[1].split(",")[0])
+    assert 5 < step < 500
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [str(step)]
