@@ -375,7 +375,8 @@ class _Loop:
         self.setup, self.store, self.ckpt, self.log = setup, store, ckpt, log
         self.preempt = preempt
         self.val_indices = store.split(setup.config.data.split)[setup.config.data.eval_part]
-        self.recent: dict[int, np.ndarray] = {}  # step -> store rows, since the last sync
+        self.recent: dict[int, np.ndarray] = {}  # step -> store rows, since the last log
+        self.reported = 0  # NaN/Inf steps already reported since the last log
         self.clock = None
 
     def run(self, state: TrainState, acc: dict, train_iter: Iterator, start: int) -> dict:
@@ -396,7 +397,7 @@ class _Loop:
                 self._check_finite(step, jax.device_get(acc))
             if logged:
                 self._log_train(state, acc, step)
-                acc = zero_acc(self.setup)
+                acc, self.recent, self.reported = zero_acc(self.setup), {}, 0
             if evaluated:
                 state, metrics = self._evaluate(state, step)
             if saved:
@@ -407,12 +408,12 @@ class _Loop:
         return metrics
 
     def _check_finite(self, step: int, acc: dict) -> None:
-        """Raises on NaN/Inf steps since the last check, or counts them when skipping."""
+        """Raises on NaN/Inf steps not yet reported, or warns about them when skipping."""
         bad, first = int(acc["nonfinite"]), int(acc["first_nonfinite"])
-        rows = self.recent.get(first, np.zeros(0, np.int64))
-        self.recent.clear()
-        if not bad:
+        if bad <= self.reported:
             return
+        self.reported = bad
+        rows = self.recent.get(first, np.zeros(0, np.int64))
         ids = ", ".join(self.store.ids[r] for r in rows[:32])
         message = (f"step {first}: NaN or Inf in the loss or gradients ({bad} such step(s) "
                    f"up to step {step}); the batch's sample Ids: {ids}")
