@@ -276,7 +276,7 @@ def test_sigterm_to_one_process_stops_both_at_one_synced_step(store, tmp_path):
             if line.startswith("step 5/500"):
                 procs[1].send_signal(signal.SIGTERM)  # preempt the other process only
                 break
-        out += procs[0].stdout.read()
+        out += procs[0].stdout.read().splitlines(keepends=True)
         codes = [p.wait(timeout=TIMEOUT) for p in procs]
     finally:
         for p in procs:
