@@ -130,8 +130,7 @@ def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
                             batch_stats=batch_stats, opt_state=opt_state)
     # A NaN/Inf loss, gradient or update leaves the state as it was; the loop decides
     # on the host, at its next sync, whether to stop or skip.
-    finite = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-              & jnp.isfinite(optax.tree.norm(updates)))
+    finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
     state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     state = state.replace(step=state.step + 1)
     return state, {"loss": acc["loss"] + jnp.where(finite, loss, 0.0),
@@ -139,6 +138,11 @@ def train_step(state: TrainState, batch: dict, acc: dict, *, model, tx, loss_fn,
                    "nonfinite": acc["nonfinite"] + ~finite,
                    "first_nonfinite": jnp.where((acc["first_nonfinite"] == 0) & ~finite,
                                                 state.step, acc["first_nonfinite"])}
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element is finite (a norm would overflow on huge finite values)."""
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
 def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> dict:
@@ -310,6 +314,10 @@ def predict(setup: Setup, state: TrainState, store_path: str | os.PathLike,
 def evaluate_split(setup: Setup, state: TrainState, indices: np.ndarray) -> dict[str, float]:
     """Loss, macro-F1 and weighted-F1 at threshold 0.5 over one split."""
     out = predict(setup, state, setup.store_path, indices)
+    if not np.isfinite(out.probs).all():
+        raise FloatingPointError(f"step {int(state.step)}: the model's outputs on the "
+                                 "evaluation split are NaN or Inf: its weights have diverged "
+                                 "(lower the learning rate, or resume from an earlier step)")
     return {"loss": out.loss, **evaluate.f1_scores(out.labels, out.probs),
             "no_skill_macro_f1": evaluate.no_skill_macro_f1(out.labels)}
 

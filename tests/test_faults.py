@@ -106,6 +106,16 @@ def test_nan_stops_naming_the_step_and_ids_and_keeps_the_last_good_checkpoint(st
     assert checkpointing.params_sha256(state.params, state.batch_stats) == good[-1]
 
 
+def test_skipping_cannot_hide_diverged_weights(store, tmp_path, capsys):
+    exploding = tiny_config(store, **{"optimizer.learning_rate": 1e30, "skip_nonfinite": True})
+    with pytest.raises(FloatingPointError, match="step 3: the model's outputs on the "
+                                                 "evaluation split are NaN or Inf"):
+        train.train_and_evaluate(exploding, str(tmp_path))
+    assert "warning: step 2: NaN or Inf in the loss or gradients" in capsys.readouterr().out
+    [logged] = [r for r in records(tmp_path) if r["split"] == "train"]
+    assert logged["step"] == 2 and logged["nonfinite_steps"] == 1
+
+
 def test_a_nonfinite_step_is_skipped_and_counted(store):
     setup = train.make_setup(tiny_config(store))
     state = train.init_state(setup)
