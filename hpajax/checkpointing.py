@@ -64,6 +64,16 @@ class Checkpointer:
         self.directory = pathlib.Path(os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(os.fspath(self.directory), options=options)
 
+    @classmethod
+    def of_run(cls, workdir: str | os.PathLike, config: Any) -> Checkpointer:
+        """The checkpoints of the run in ``workdir``, kept as its ``config`` says."""
+        return cls(pathlib.Path(workdir) / "checkpoints", config.keep_checkpoints,
+                   config.best_metric, config.best_mode)
+
+    def evaluated(self, step: int) -> bool:
+        """Whether ``step`` was saved with evaluation metrics, hence exact BatchNorm statistics."""
+        return self.manager.metrics(step) is not None
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 

@@ -33,9 +33,7 @@ def load_run(workdir: str | os.PathLike, step: int | None = None
              ) -> tuple[train.Setup, train.TrainState, int]:
     """The run's setup and the state of ``step`` (default: the best checkpoint)."""
     config = workdir_lib.load_config(workdir)
-    ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints",
-                                      config.keep_checkpoints, config.best_metric,
-                                      config.best_mode)
+    ckpt = checkpointing.Checkpointer.of_run(workdir, config)
     saved = ckpt.manager.all_steps()
     if not saved:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
@@ -43,7 +41,7 @@ def load_run(workdir: str | os.PathLike, step: int | None = None
     if step not in saved:
         raise ValueError(f"--step={step}: no such checkpoint in {workdir}/checkpoints "
                          f"(saved: {', '.join(map(str, sorted(saved)))})")
-    evaluated = step % config.eval_every == 0 or step == config.total_steps
+    evaluated = ckpt.evaluated(step)  # saved right after a BatchNorm recalibration
     if evaluated:
         setup = train.build_setup(config, train.make_mesh(config.eval_batch_size),
                                   train.input_shape(config))

@@ -34,12 +34,11 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hpajax import augment, checkpointing, evaluate, logs, losses
-from hpajax import workdir as workdir_lib
+from hpajax import augment, checkpointing, evaluate, logs, losses, preemption
 from hpajax import model as model_lib
+from hpajax import workdir as workdir_lib
 from hpajax.data import open_store, pipeline
 from hpajax.data.store import Store
-from hpajax import preemption
 
 
 @flax.struct.dataclass
@@ -350,8 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     setup = make_setup(config)
     config.data.input_size = setup.image_shape[0]  # recorded: prediction needs no store
     store = open_store(setup.store_path)
-    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
-                                      config.best_metric, config.best_mode)
+    ckpt = checkpointing.Checkpointer.of_run(workdir, config)
     resuming = bool(ckpt.manager.all_steps())
     primary = jax.process_index() == 0  # the one writer of the workdir's own files
     workdir_lib.check_data(workdir, workdir_lib.data_fingerprint(store, setup.train_indices),
@@ -401,10 +399,11 @@ class _Loop:
             logged = step % cfg.log_every == 0 or last
             evaluated = step % cfg.eval_every == 0 or last
             saved = evaluated or stop or step % cfg.checkpoint_every == 0
-            if logged or saved:
-                self._check_finite(step, jax.device_get(acc))
+            if logged or saved:  # the only host syncs of training
+                sums = jax.device_get(acc)
+                self._check_finite(step, sums)
             if logged:
-                self._log_train(state, acc, step)
+                self._log_train(state, sums, step)
                 acc, self.recent, self.reported = zero_acc(self.setup), {}, 0
             if evaluated:
                 state, metrics = self._evaluate(state, step)
@@ -447,8 +446,7 @@ class _Loop:
         self.clock = (time.perf_counter(), step)  # training speed excludes evaluation
 
     def _log_train(self, state: TrainState, acc: dict, step: int) -> None:
-        """Logs the summed training loss fetched by the last sync."""
-        acc = jax.device_get(acc)
+        """Logs the training-loss sums ``acc`` fetched to the host by the loop."""
         now, (then, then_step) = time.perf_counter(), self.clock
         cfg = self.setup.config
         lr = cfg.optimizer.learning_rate * float(state.plateau.scale)
