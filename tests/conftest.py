@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpajax import xla_defaults
+from hpajax import allocator, xla_defaults
 
-# The XLA:CPU flags main() applies: in-process results then match the
+# The CPU settings main() applies: in-process results then match the
 # command-line runs bit for bit, and the suite runs at the users' speed.
+allocator.keep_freed_memory()
 xla_defaults.apply_cpu_defaults()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
