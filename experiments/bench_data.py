@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hpajax import allocator, synthetic  # noqa: E402
+from hpajax import synthetic  # noqa: E402
 from hpajax.data import images, pipeline, store  # noqa: E402
 
 flags.DEFINE_string("workdir", "/tmp/hpajax_bench_data", "Scratch directory (reused).")
@@ -38,9 +38,6 @@ flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 flags.DEFINE_integer("batches", 24, "Timed pipeline batches per figure.")
 flags.DEFINE_list("codecs", sorted(store.CODECS), "Codecs to compare.")
 flags.DEFINE_list("workers", ["0", "1", "2"], "Pipeline worker processes to compare.")
-flags.DEFINE_boolean("keep_freed_memory", True,
-                     "Apply hpajax.allocator's malloc settings in this process, as hpajax.main "
-                     "does (the pipeline's in-process figures depend on them).")
 FLAGS = flags.FLAGS
 
 
@@ -174,15 +171,13 @@ def png_dataset(train: pathlib.Path, ids: list[str], batch_size: int, workers: i
 
 def main(argv):
     del argv
-    kept_freed = FLAGS.keep_freed_memory and allocator.keep_freed_memory()
     size, bs, n = FLAGS.image_size, FLAGS.batch_size, FLAGS.batches
     work = pathlib.Path(FLAGS.workdir)
     raw = work / "raw"
     if not (raw / "train.csv").is_file():
         synthetic.generate(raw, FLAGS.num_samples, image_size=size, seed=0)
     ids = [line.split(",")[0] for line in (raw / "train.csv").read_text().splitlines()[1:]]
-    emit(figure="setup", samples=len(ids), image_size=size, batch_size=bs, cpus=os.cpu_count(),
-         keep_freed_memory=kept_freed)
+    emit(figure="setup", samples=len(ids), image_size=size, batch_size=bs, cpus=os.cpu_count())
     # Cold batches stay inside the first epoch, past the warm-up and read-ahead.
     cold_batches = max(1, min(n, len(ids) // bs - 4))
     bench_memcpy(size)

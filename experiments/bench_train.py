@@ -3,7 +3,6 @@
 
   .venv/bin/python experiments/bench_train.py [--sizes=128,256,512] [--batch_sizes=8,32]
       [--dtypes=float32,bfloat16] [--channels=4] [--max_seconds_per_figure=20] [--notorch]
-      [--nokeep_freed_memory]
 
 For every image size, batch size and model dtype it times, on synthetic
 random uint8 images and multi-hot labels, the real jitted steps of
@@ -55,7 +54,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from hpajax import allocator, augment, classes, train, xla_defaults  # noqa: E402
+from hpajax import augment, classes, train, xla_defaults  # noqa: E402
 from hpajax import model as model_lib  # noqa: E402
 from hpajax.config import base_config  # noqa: E402
 
@@ -72,10 +71,6 @@ _NO_AUGMENT_TOO = flags.DEFINE_boolean(
 _TORCH = flags.DEFINE_boolean(
     "torch", None, "Run the PyTorch reference too (default: when torch is importable).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic batches and the model.")
-_KEEP_FREED = flags.DEFINE_boolean(
-    "keep_freed_memory", True,
-    "Apply hpajax.allocator's malloc settings, as hpajax.main does (to the whole process: "
-    "the torch reference gets them too).")
 
 TARGETS = {"train": 1.25, "eval": 1.0}  # JAX float32 img/s over torch img/s, on CPU
 _HOST_BATCHES = 3  # distinct host batches cycled through by the host-overhead loop
@@ -349,13 +344,12 @@ def emit_ratios(jax_figures: dict[str, dict | None], torch_figures: dict[str, di
              contended=bool(max(others) > _CONTENDED_CORES))
 
 
-def emit_setup(added_flags: list[str], kept_freed: bool, torch_ref: TorchBench | None) -> None:
-    """The setup line: devices, versions, XLA flags, allocator settings, threads."""
+def emit_setup(added_flags: list[str], torch_ref: TorchBench | None) -> None:
+    """The setup line: devices, versions, XLA flags, threads."""
     device = jax.devices()[0]
     fields = {"device_kind": device.device_kind, "platform": device.platform,
               "device_count": jax.device_count(), "jax": jax.__version__,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "xla_flags_added": added_flags,
-              "keep_freed_memory": kept_freed,
               "host_cores": len(os.sched_getaffinity(0)), "loadavg_1min": os.getloadavg()[0]}
     if torch_ref is not None:
         fields.update(torch=torch_ref.torch.__version__,
@@ -391,10 +385,9 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
 def main(argv: list[str]) -> None:
     """Setup line, the torch check, then every size and batch size, smallest first."""
     del argv
-    kept_freed = _KEEP_FREED.value and allocator.keep_freed_memory()
     added = xla_defaults.apply_cpu_defaults()
     torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value)
-    emit_setup(added, kept_freed, torch_ref)
+    emit_setup(added, torch_ref)
     if torch_ref is not None:
         torch_ref.check(model_lib.from_config(base_config().model))
     budget, start = Budget(_MAX_SECONDS.value, _STEPS.value), time.perf_counter()

@@ -34,7 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from hpajax import allocator, demo, logs, predict, train, xla_defaults  # noqa: E402
+from hpajax import demo, logs, predict, train, xla_defaults  # noqa: E402
 from hpajax.files import write_atomic  # noqa: E402
 
 _STORE = flags.DEFINE_string("store", None, "Converted store (default with --quick: a synthetic "
@@ -130,7 +130,6 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    allocator.keep_freed_memory()
     xla_defaults.apply_cpu_defaults()
     logs.quiet_library_logs()
     workdir = pathlib.Path(_WORKDIR.value)

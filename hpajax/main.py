@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import allocator, demo, distributed, logs, predict, preemption, train, xla_defaults
+from hpajax import demo, distributed, logs, predict, preemption, train, xla_defaults
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
@@ -55,7 +55,6 @@ def main(argv: list[str]) -> None:
     if command not in COMMANDS or len(argv) > 2:
         raise app.UsageError(f"usage: python -m hpajax.main [{'|'.join(COMMANDS)}] --flags; "
                              f"got {' '.join(argv[1:])!r}")
-    allocator.keep_freed_memory()  # before XLA's threads take malloc arenas
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if command in ("train", "demo"):

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpajax import allocator, xla_defaults
+from hpajax import xla_defaults
 
-# The CPU settings main() applies: in-process results then match the
+# The XLA:CPU flags main() applies: in-process results then match the
 # command-line runs bit for bit, and the suite runs at the users' speed.
-allocator.keep_freed_memory()
 xla_defaults.apply_cpu_defaults()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
