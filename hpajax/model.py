@@ -10,6 +10,8 @@ returns logits; the sigmoid belongs to the loss.
 The seed's convolutions and hidden dense layers have a bias, which the
 following BatchNorm cancels, so here they have none (its Table 3 counts it).
 BatchNorm follows Keras, the seed's framework: momentum 0.99, epsilon 1e-3.
+Each BatchNorm and the ReLU after it are one layer, ``BatchNormReLU``, with
+``nn.BatchNorm``'s variables and values but a hand-written gradient.
 
 The model is functional: ``variables = model.init(key, x, train=False)``
 holds ``params`` and ``batch_stats``; a training step calls
@@ -18,6 +20,7 @@ holds ``params`` and ``batch_stats``; a training step calls
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,6 +71,99 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
 
 
+def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Float32 mean and (biased) variance over all axes but the last.
+
+    The variance is ``E[x²] - E[x]²``, clamped at 0, as ``nn.BatchNorm``'s
+    default ``use_fast_variance``: both sums come from one pass over ``x``.
+    """
+    x = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    return mean, jnp.maximum(jnp.square(x).mean(axes) - jnp.square(mean), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                    epsilon: float) -> jax.Array:
+    """``relu(scale * (x - mean) / sqrt(var + epsilon) + bias)`` with the batch's
+    statistics over all axes but the last; float32 math, ``x``'s dtype out.
+
+    The gradient is written out (two passes over ``x`` and the incoming
+    gradient: the two sums, then ``dx``) instead of left to autodiff, whose
+    gradient of the same function XLA:CPU runs in more passes, each
+    materializing an activation-sized array: 1.8x faster for block 1's
+    BatchNorm and ReLU, about 10 % off the whole CPU train step.
+    """
+    return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_relu_fwd(x, scale, bias, epsilon):
+    mean, var = batch_moments(x)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    mul = scale * inv_std
+    add = bias - mean * mul
+    y = nn.relu(x.astype(jnp.float32) * mul + add).astype(x.dtype)
+    return y, (x, mean, inv_std, mul, add)
+
+
+def _batch_norm_relu_bwd(epsilon, residuals, dy):
+    del epsilon
+    x, mean, inv_std, mul, add = residuals
+    x32 = x.astype(jnp.float32)
+    axes, count = tuple(range(x.ndim - 1)), x.size // x.shape[-1]
+    dz = jnp.where(x32 * mul + add > 0, dy.astype(jnp.float32), 0.0)  # through the ReLU
+    dbias = dz.sum(axes)
+    dscale = inv_std * ((dz * x32).sum(axes) - mean * dbias)  # sum of dz * x_hat
+    dx = mul * (dz - (dbias + (x32 - mean) * inv_std * dscale) / count)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
+
+
+class BatchNormReLU(nn.Module):
+    """``nn.relu(nn.BatchNorm(...)(x))`` over all axes but the last, as one layer.
+
+    Same variables (params ``scale``, ``bias``; batch_stats ``mean``,
+    ``var``, float32), running-average update and values as ``nn.BatchNorm``
+    with its default fast variance; the training gradient comes from
+    ``batch_norm_relu``.
+
+    Attributes:
+      use_running_average: normalize with the running statistics
+        (inference) instead of the batch's (training, which also updates
+        them; not while initializing, as ``nn.BatchNorm``).
+      momentum: running-average decay.
+      epsilon: variance epsilon.
+      dtype: output dtype.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        x = x.astype(self.dtype)
+        if self.use_running_average:
+            mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            add = bias - ra_mean.value * mul
+            return nn.relu(x.astype(jnp.float32) * mul + add).astype(self.dtype)
+        if not self.is_initializing():
+            # XLA computes these once: batch_norm_relu's forward has the same sums.
+            mean, var = batch_moments(jax.lax.stop_gradient(x))
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return batch_norm_relu(x, scale, bias, self.epsilon)
+
+
 class SeedCNN(nn.Module):
     """The seed CNN; see the module docstring.
 
@@ -90,10 +186,9 @@ class SeedCNN(nn.Module):
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
 
-    def _batch_norm(self, name: str, train: bool) -> nn.BatchNorm:
-        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                            epsilon=self.bn_epsilon, dtype=self.dtype,
-                            param_dtype=jnp.float32, name=name)
+    def _batch_norm_relu(self, name: str, train: bool) -> BatchNormReLU:
+        return BatchNormReLU(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
 
     def _check_size(self, x: jax.Array) -> None:
         """Raises at trace time if ``x`` is too small for the VALID convolutions."""
@@ -116,16 +211,14 @@ class SeedCNN(nn.Module):
                 x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="VALID",
                             use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                             name=f"block{block}_conv{conv}")(x)
-                x = self._batch_norm(f"block{block}_bn{conv}", train)(x)
-                x = nn.relu(x)
+                x = self._batch_norm_relu(f"block{block}_bn{conv}", train)(x)
             x = max_pool_2x2(x)
             pooled.append(x.mean(axis=(1, 2), dtype=jnp.float32).astype(self.dtype))
         x = jnp.concatenate(pooled, axis=-1)
         for layer, width in enumerate(self.head, start=1):
             x = nn.Dense(width, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                          name=f"dense{layer}")(x)
-            x = self._batch_norm(f"bn_dense{layer}", train)(x)
-            x = nn.relu(x)
+            x = self._batch_norm_relu(f"bn_dense{layer}", train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                      name="logits")(x)
         return x.astype(jnp.float32)

@@ -1,4 +1,4 @@
-"""Tests for hpajax.model (the seed CNN) and hpajax.xla_defaults."""
+"""Tests for hpajax.model (the seed CNN, its BatchNorm and pool) and hpajax.xla_defaults."""
 
 import os
 import subprocess
@@ -139,7 +139,59 @@ def test_train_step_batch_norm_uses_keras_momentum_and_epsilon():
                                0.99 * old_mean + 0.01 * batch_mean, rtol=1e-5, atol=1e-7)
     bn = variables["params"]["block1_bn1"]
     expected = (conv - batch_mean) / jnp.sqrt(batch_var + 1e-3) * bn["scale"] + bn["bias"]
-    np.testing.assert_allclose(normed, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(normed, nn.relu(expected), rtol=1e-4, atol=1e-5)
+
+
+def _flax_batch_norm_relu(train: bool, **kwargs):
+    """The reference: nn.BatchNorm with Keras' settings, then a ReLU."""
+    bn = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, **kwargs)
+    return lambda variables, x: (lambda out: (nn.relu(out[0]), out[1]))(
+        bn.apply(variables, x, mutable=["batch_stats"]))
+
+
+def _batch_norm_variables(channels: int) -> dict:
+    """Non-trivial parameters and running statistics."""
+    keys = jax.random.split(jax.random.key(3), 4)
+    return {"params": {"scale": 1 + 0.3 * jax.random.normal(keys[0], (channels,)),
+                       "bias": 0.2 * jax.random.normal(keys[1], (channels,))},
+            "batch_stats": {"mean": 0.1 * jax.random.normal(keys[2], (channels,)),
+                            "var": 0.5 + jax.random.uniform(keys[3], (channels,))}}
+
+
+@pytest.mark.parametrize("shape", [(4, 9, 7, 6), (16, 12)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_equals_flax_batch_norm_then_relu(shape, train):
+    """Outputs, updated running statistics and all gradients (through the
+    hand-written backward pass) match nn.BatchNorm + nn.relu, on conv-shaped
+    and dense-shaped inputs."""
+    x = 0.5 + jax.random.normal(jax.random.key(4), shape)
+    cotangent = jax.random.normal(jax.random.key(5), shape)
+    variables = _batch_norm_variables(shape[-1])
+    ours = lambda v, x: model.BatchNormReLU(use_running_average=not train).apply(  # noqa: E731
+        v, x, mutable=["batch_stats"])
+    results = []
+    for fn in (ours, _flax_batch_norm_relu(train)):
+        (y, stats), pullback = jax.vjp(lambda p, x: fn({**variables, "params": p}, x),
+                                       variables["params"], x)
+        grads = pullback((cotangent, jax.tree.map(jnp.zeros_like, stats)))
+        results.append((y, stats, grads))
+    (y, stats, grads), (y_ref, stats_ref, grads_ref) = results
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 (stats, grads), (stats_ref, grads_ref))
+    assert float(jnp.abs(grads[1]).max()) > 0.1  # gradients flow
+
+
+def test_batch_norm_relu_bfloat16_keeps_float32_variables():
+    x = jax.random.normal(jax.random.key(6), (8, 5, 5, 3)).astype(jnp.bfloat16)
+    layer = model.BatchNormReLU(use_running_average=False, dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.key(0), x)
+    (y, stats), pullback = jax.vjp(lambda x: layer.apply(variables, x, mutable=["batch_stats"]), x)
+    dx, = pullback((jnp.ones_like(y), jax.tree.map(jnp.zeros_like, stats)))
+    assert y.dtype == dx.dtype == jnp.bfloat16
+    assert {leaf.dtype for leaf in jax.tree.leaves((variables, stats))} == {jnp.dtype("float32")}
+    y_ref, _ = _flax_batch_norm_relu(True, dtype=jnp.float32)(variables, x.astype(jnp.float32))
+    np.testing.assert_allclose(y.astype(jnp.float32), y_ref, rtol=2e-2, atol=2e-2)
 
 
 def test_apply_cpu_defaults_adds_flags_to_empty_environ():
