@@ -16,8 +16,8 @@ many threads as cores), in milliseconds, the best of ``--repeats`` timings:
 
 The ``layer`` sums compare the convolution kernels themselves; the
 ``chain`` and ``step`` figures add what a whole network costs on top (on
-XLA:CPU, mostly the layout transposes its convolution weight gradients
-need). Needs torch (``pip install torch==2.13.0``) and, like hpajax.main,
+XLA:CPU, among other things, the layout transposes its convolution weight
+gradients need). Needs torch (``pip install torch==2.13.0``) and, like hpajax.main,
 applies ``hpajax.xla_defaults``.
 """
 
@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hpajax import train, xla_defaults  # noqa: E402
+from hpajax.model import SeedCNN  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_train  # noqa: E402
@@ -47,8 +48,6 @@ import torch_reference  # noqa: E402
 _SIZE = flags.DEFINE_integer("size", 128, "Image side, in px.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timings per figure; the best is kept.")
-
-FILTERS = (32, 64, 128, 256)
 
 
 def emit(**fields) -> None:
@@ -70,7 +69,7 @@ def best_ms(fn: Callable[[], object]) -> float:
 def conv_shapes(size: int, channels: int) -> list[tuple[int, int, int]]:
     """(input side, input channels, output channels) of the eight convolutions."""
     shapes, side = [], size
-    for features in FILTERS:
+    for features in SeedCNN.filters:
         for _ in range(2):
             shapes.append((side, channels, features))
             side, channels = side - 2, features
