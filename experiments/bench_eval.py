@@ -8,7 +8,7 @@ of the seed paper's brute force (``sklearn.metrics.f1_score`` for every class
 and every threshold 0.00..1.00), its speedup, and whether both choose the same
 thresholds.
 
-  .venv/bin/python experiments/bench_eval.py [--labels_csv=../shared/data/hpa2019/train.csv] [--repeats=5]
+  .venv/bin/python experiments/bench_eval.py [--labels_csv=tests/data/hpa2019/train.csv] [--repeats=5]
 """
 
 import json
@@ -26,7 +26,7 @@ from hpajax import classes, evaluate
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _LABELS_CSV = flags.DEFINE_string(
-    "labels_csv", str(_REPO.parent / "shared/data/hpa2019/train.csv"),
+    "labels_csv", str(_REPO / "tests/data/hpa2019/train.csv"),
     "Kaggle train.csv (Id,Target); random labels of the same shape if it does not exist.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats of ours (the best is reported).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random labels and probabilities.")

@@ -5,7 +5,7 @@ JSON line per implementation and split: mean seconds per split and, over all
 seeds, the largest deviation of any class count and any part size from its
 ideal share (fraction x count), in samples.
 
-  .venv/bin/python experiments/bench_split.py [--csv=../shared/data/hpa2019/train.csv] [--seeds=3]
+  .venv/bin/python experiments/bench_split.py [--csv=tests/data/hpa2019/train.csv] [--seeds=3]
 
 ``iterstrat`` (pip package ``iterative-stratification``) is only a comparison
 here, not a dependency; its lines are replaced by a note when it is missing.
@@ -26,7 +26,7 @@ from hpajax import classes
 from hpajax.data import split
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-_CSV = flags.DEFINE_string("csv", str(_REPO.parent / "shared/data/hpa2019/train.csv"),
+_CSV = flags.DEFINE_string("csv", str(_REPO / "tests/data/hpa2019/train.csv"),
                            "Kaggle train.csv (Id,Target).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per implementation and split (0..seeds-1).")
 CONFIGS: tuple[tuple[float, ...], ...] = ((0.8, 0.2), (0.7, 0.1, 0.2), (0.2,) * 5)

@@ -1,5 +1,6 @@
 """Shared test helpers: repository paths and tiny Kaggle-layout data sets."""
 
+import os
 import pathlib
 import sys
 
@@ -14,9 +15,24 @@ from hpajax import xla_defaults
 xla_defaults.apply_cpu_defaults()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"  # the real files the tests read; see its SOURCES.md
+# The team's folder beside the checkout; a user's clone has none, so no test may read it.
+SIBLING_SHARED = REPO.parent / "shared"
 PYTHON = sys.executable
 CHANNELS = ("red", "green", "blue", "yellow")
+
+
+def _refuse_sibling_shared(event: str, args: tuple) -> None:
+    """Audit hook: opening or listing anything under ``SIBLING_SHARED`` fails the test."""
+    if event not in ("open", "os.listdir", "os.scandir") or not args:
+        return
+    if isinstance(args[0], (str, pathlib.PurePath)):
+        path = os.path.abspath(args[0])
+        if path == str(SIBLING_SHARED) or path.startswith(f"{SIBLING_SHARED}{os.sep}"):
+            raise PermissionError(f"{path}: outside the repository; tests read tests/data/")
+
+
+sys.addaudithook(_refuse_sibling_shared)
 
 
 def write_quads(directory: pathlib.Path, ids, size: int = 32, seed: int = 0) -> dict:

@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, SHARED, CHANNELS, write_csv, write_quads
+from conftest import PYTHON, REPO, DATA, CHANNELS, write_csv, write_quads
 from PIL import Image
 
 from hpajax.data import convert, open_store
@@ -123,14 +123,14 @@ def test_upscaling_is_refused_naming_the_flag(kaggle_set, tmp_path):
 
 def test_real_hpav18_jpegs(tmp_path):
     """The two real HPA v18 sets: colour-coded RGB JPEGs, 1728 and 2048 px."""
-    src = SHARED / "hpa-samples" / "hpav18_jpg"
+    src = DATA / "hpa-samples" / "hpav18_jpg"
     names = {"89_B5_1": "11088_89_B5_1", "800_A6_1": "30741_800_A6_1"}
     raw = tmp_path / "hpav18"
     raw.mkdir()
     for short, full in names.items():
         for c in CHANNELS:
             shutil.copy(src / f"{short}_{c}.jpg", raw / f"{full}_{c}.jpg")
-    listing = SHARED / "hpa2019" / "HPAv18RBGY_wodpl.csv"
+    listing = DATA / "hpa2019" / "HPAv18RBGY_wodpl.rows.csv"
     rows = [line for line in listing.read_text().splitlines()
             if line.split(",")[0] in names.values()]
     csv_path = tmp_path / "hpav18.csv"
@@ -153,7 +153,7 @@ def test_real_hpav18_jpegs(tmp_path):
 
 def test_real_kaggle_pngs_decode_and_report_missing_channels(tmp_path):
     """Real Kaggle PNGs: each Id has one channel; used as a full quad they convert."""
-    src = SHARED / "hpa-samples" / "kaggle_train_png_single"
+    src = DATA / "hpa-samples" / "kaggle_train_png_single"
     files = sorted(src.glob("*.png"))
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -175,7 +175,7 @@ def test_real_kaggle_pngs_decode_and_report_missing_channels(tmp_path):
 
 def test_real_16bit_hpa_field_is_refused_as_a_kaggle_channel(tmp_path):
     """The raw 2048 px 16-bit HPA field where an 8-bit Kaggle PNG belongs."""
-    raw16 = SHARED / "hpa-samples" / "hpa_raw_png" / "1000_A12_2_green.png"
+    raw16 = DATA / "hpa-samples" / "hpa_raw_png" / "1000_A12_2_green.png"
     quad = tmp_path / "quad"
     write_quads(quad, ["a", "b"], size=512)
     shutil.copy(raw16, quad / "b_green.png")

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, SHARED, synthetic_store, tiny_config, write_quads
+from conftest import DATA, PYTHON, REPO, synthetic_store, tiny_config, write_quads
 
 from hpajax import classes, evaluate, predict, report, train
 from hpajax.data import open_store
@@ -94,7 +94,7 @@ def test_predict_converts_png_quads_in_the_order_of_an_ids_csv(run, tmp_path):
 
 def test_predict_on_the_kaggle_test_layout(run, tmp_path):
     """The real sample_submission.csv's first Ids, with stand-in PNG quads."""
-    lines = (SHARED / "hpa2019" / "sample_submission.csv").read_text().splitlines()
+    lines = (DATA / "hpa2019" / "sample_submission.csv").read_text().splitlines()
     assert lines[0] == "Id,Predicted"
     ids = [line.split(",")[0] for line in lines[1:6]]
     write_quads(tmp_path / "test", ids, size=SIZE)

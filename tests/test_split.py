@@ -9,9 +9,9 @@ import pytest
 
 from hpajax import classes
 from hpajax.data import split, store
+from conftest import DATA, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-KAGGLE_CSV = REPO.parent / "shared/data/hpa2019/train.csv"
+KAGGLE_CSV = DATA / "hpa2019" / "train.csv"
 # Deviations are differences of floats; allow for rounding at exactly one sample.
 TOL = 1 + 1e-9
 

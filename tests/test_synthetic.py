@@ -16,9 +16,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hpajax import classes, synthetic
+from conftest import DATA, REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-REAL_CSV = REPO / "../shared/data/hpa2019/train.csv"
+REAL_CSV = DATA / "hpa2019" / "train.csv"
 TOOL = REPO / "tools" / "make_synthetic.py"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

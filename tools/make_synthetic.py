@@ -3,7 +3,7 @@
     python tools/make_synthetic.py --out_dir=/tmp/hpa_synth --num_samples=1000
     python tools/make_synthetic.py --out_dir=/tmp/hpa_synth --num_samples=200 --test
     python tools/make_synthetic.py --out_dir=/tmp/hpa_synth --num_samples=1000 \\
-        --labels_csv=../shared/data/hpa2019/train.csv
+        --labels_csv=tests/data/hpa2019/train.csv
 
 See ``hpajax.synthetic`` for what the images and labels look like.
 """
