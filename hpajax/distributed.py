@@ -8,6 +8,8 @@ be initialized before anything touches JAX devices.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 
 
@@ -17,14 +19,18 @@ def cluster_detected() -> bool:
     Asks JAX's own cluster detectors (SLURM, Open MPI, Cloud TPU on GCE or
     GKE, Kubernetes with ``jax[k8s]``), the test ``initialize()`` makes,
     skipping the opt-in ones (mpi4py) as it does. These detectors live in a
-    private module (checked with jax 0.10.2); if it moves, no cluster is
-    detected and explicit flags are needed.
+    private module (checked with jax 0.10.2); on a jax where it
+    moved, a warning says that no cluster can be detected and the explicit
+    flags are needed.
     """
     try:
         from jax._src import clusters  # noqa: PLC0415  (importing jax registers them all)
 
         envs = clusters.ClusterEnv._cluster_types  # noqa: SLF001
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError) as e:
+        warnings.warn(f"hpajax: jax {jax.__version__} has no jax._src.clusters.ClusterEnv "
+                      f"({e}): clusters (SLURM, TPU pods) are not detected; pass "
+                      "--coordinator_address, --num_processes and --process_id", stacklevel=2)
         return False
     return any(not env.opt_in_only_method and env.is_env_present() for env in envs)
 

@@ -26,8 +26,9 @@ a flag name it does not know, and a GPU or TPU plugin carries its own copy of
 XLA, possibly of another version, that may parse ``XLA_FLAGS`` too. So they
 are only added when the CPU will do the work (no accelerator plugin
 installed, ``JAX_PLATFORMS`` unset or starting with ``cpu``) and the
-installed jaxlib is one they were measured on. A user's own ``XLA_FLAGS``
-always win.
+installed jaxlib is one they were measured on; on another jaxlib the CPU
+runs with XLA's own defaults and a warning says so. A user's own
+``XLA_FLAGS`` always win.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import MutableMapping
 
 CPU_XLA_FLAGS: tuple[str, ...] = (
@@ -63,13 +65,19 @@ def _set_flag_names(xla_flags: str) -> set[str]:
     return {flag_name(token) for token in xla_flags.split() if re.match(r"-{1,2}\w", token)}
 
 
+def installed_jaxlib() -> str | None:
+    """The installed jaxlib's version string, or None without jaxlib."""
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def jaxlib_supported(version: str | None = None) -> bool:
     """Whether a jaxlib version (default: the installed one) lies in ``JAXLIB_RANGE``."""
+    version = installed_jaxlib() if version is None else version
     if version is None:
-        try:
-            version = importlib.metadata.version("jaxlib")
-        except importlib.metadata.PackageNotFoundError:
-            return False
+        return False
     numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
     low, high = JAXLIB_RANGE
     return low <= numbers < high
@@ -98,14 +106,24 @@ def cpu_is_compute_platform(environ: MutableMapping[str, str] = os.environ) -> b
     return not _accelerator_plugin_installed()
 
 
-def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ,
+                       jaxlib_version: str | None = None) -> list[str]:
     """Appends each of ``CPU_XLA_FLAGS`` whose name the user has not set to
     ``environ["XLA_FLAGS"]``; returns the flags it added.
 
-    Adds nothing unless the CPU is the compute platform and the jaxlib is in
-    ``JAXLIB_RANGE``. Must run before the first JAX computation.
+    Adds nothing unless the CPU is the compute platform; on a CPU with a
+    jaxlib (default: the installed one) outside ``JAXLIB_RANGE`` it adds
+    nothing and warns. Must run before the first JAX computation.
     """
-    if not (cpu_is_compute_platform(environ) and jaxlib_supported()):
+    if not cpu_is_compute_platform(environ):
+        return []
+    version = installed_jaxlib() if jaxlib_version is None else jaxlib_version
+    if not jaxlib_supported(version):
+        low, high = (".".join(map(str, v)) for v in JAXLIB_RANGE)
+        warnings.warn(f"hpajax: jaxlib {version} is outside {low} <= jaxlib < {high}, where "
+                      f"its CPU XLA flags were measured; XLA's own CPU defaults apply "
+                      f"(training may be slower). constraints.txt pins the tested versions.",
+                      stacklevel=2)
         return []
     current = environ.get("XLA_FLAGS", "")
     taken = _set_flag_names(current)

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from hpajax import model, xla_defaults
+from conftest import REPO
 
 K3_SIZE = model.min_input_size(3)  # 76 px, the smallest (fastest) input for kernel 3
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+MEASURED = "0.10.2"  # a jaxlib the CPU flags were measured on
 
 
 def images(batch: int, size: int, channels: int = 4, seed: int = 0) -> jax.Array:
@@ -197,14 +199,14 @@ def test_batch_norm_relu_bfloat16_keeps_float32_variables():
 def test_apply_cpu_defaults_adds_flags_to_empty_environ():
     """The project's CPU venv has no GPU/TPU plugin, so the CPU computes."""
     environ = {}
-    added = xla_defaults.apply_cpu_defaults(environ)
+    added = xla_defaults.apply_cpu_defaults(environ, jaxlib_version=MEASURED)
     assert added == list(xla_defaults.CPU_XLA_FLAGS)
     assert environ == {"XLA_FLAGS": " ".join(xla_defaults.CPU_XLA_FLAGS)}
 
 
 def test_apply_cpu_defaults_keeps_user_flags():
     environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/dump", "JAX_PLATFORMS": "cpu"}
-    added = xla_defaults.apply_cpu_defaults(environ)
+    added = xla_defaults.apply_cpu_defaults(environ, jaxlib_version=MEASURED)
     assert added == list(xla_defaults.CPU_XLA_FLAGS)
     assert environ["XLA_FLAGS"] == " ".join(["--xla_dump_to=/tmp/dump", *added])
 
@@ -212,22 +214,41 @@ def test_apply_cpu_defaults_keeps_user_flags():
 def test_apply_cpu_defaults_never_overrides_a_user_flag():
     user = f"--xla_dump_to=/tmp/dump --{YNN_FLAG}=-individual_dot"
     environ = {"XLA_FLAGS": user}
-    assert xla_defaults.apply_cpu_defaults(environ) == []
+    assert xla_defaults.apply_cpu_defaults(environ, jaxlib_version=MEASURED) == []
     assert environ == {"XLA_FLAGS": user}
 
 
 @pytest.mark.parametrize("platforms", ["cuda", "tpu,cpu"])
 def test_apply_cpu_defaults_skips_accelerator_platforms(platforms):
     environ = {"JAX_PLATFORMS": platforms}
-    assert xla_defaults.apply_cpu_defaults(environ) == []
+    assert xla_defaults.apply_cpu_defaults(environ, jaxlib_version=MEASURED) == []
     assert environ == {"JAX_PLATFORMS": platforms}
 
 
 def test_cpu_flags_only_for_measured_jaxlib_versions():
     """Outside the measured range the flag may not exist, and XLA would abort."""
-    assert xla_defaults.jaxlib_supported()  # the installed one
     assert [xla_defaults.jaxlib_supported(v) for v in ("0.10.2", "0.10.9.dev20270101", "0.10.1",
                                                         "0.11.0")] == [True, True, False, False]
+
+
+def test_another_jaxlib_gets_no_flags_and_a_warning():
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/dump"}
+    with pytest.warns(UserWarning, match=r"jaxlib 0\.11\.2 is outside 0\.10\.2 <= jaxlib < 0\.11"):
+        assert xla_defaults.apply_cpu_defaults(environ, jaxlib_version="0.11.2") == []
+    assert environ == {"XLA_FLAGS": "--xla_dump_to=/tmp/dump"}
+
+
+def test_the_pinned_versions_are_the_measured_ones():
+    """constraints.txt (what setup and CI install) pins a jaxlib the CPU flags
+    were measured on, and the installed one is that pin; pyproject.toml keeps
+    jax uncapped for accelerator hosts."""
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert pins["jax"] == pins["jaxlib"] and xla_defaults.jaxlib_supported(pins["jaxlib"])
+    assert "torch" not in pins  # an unpinned torch would resolve to a CUDA build
+    assert '"jax>=0.10.2",' in (REPO / "pyproject.toml").read_text()
+    if xla_defaults.installed_jaxlib() != pins["jaxlib"]:
+        pytest.skip(f"jaxlib {xla_defaults.installed_jaxlib()} installed, not the pinned one")
 
 
 # Prints what apply_cpu_defaults added (if argv[1] == "apply") and how many
@@ -254,6 +275,8 @@ def ynn_probe(mode: str) -> tuple[str, int]:
     return added, int(fusions)
 
 
+@pytest.mark.skipif(not xla_defaults.jaxlib_supported(),
+                    reason="the CPU flags apply only on the jaxlib they were measured on")
 def test_cpu_flags_are_accepted_and_apply_after_import_jax():
     """Applied after ``import jax``, the flags parse and take effect: XLA:CPU
     stops handing the convolution to YNNPACK."""

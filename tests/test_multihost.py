@@ -257,6 +257,16 @@ def test_initialize_only_with_flags_or_a_cluster(monkeypatch):
     assert distributed.cluster_detected()
 
 
+def test_a_jax_without_the_cluster_detectors_warns(monkeypatch):
+    """Where the private detector module is gone (another jax), say so, detect nothing."""
+    from jax._src import clusters
+
+    monkeypatch.delattr(clusters.ClusterEnv, "_cluster_types")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    with pytest.warns(UserWarning, match="clusters .* are not detected; pass --coordinator_address"):
+        assert not distributed.cluster_detected()
+
+
 def test_sigterm_to_one_process_stops_both_at_one_synced_step(store, tmp_path):
     """JAX's preemption service and Orbax's sync point: one SIGTERM, one checkpoint, exit 0."""
     coordinator = f"--coordinator_address=localhost:{free_port()}"
