@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import ml_collections
 
@@ -58,6 +59,7 @@ def prepare_store(workdir: pathlib.Path, num_samples: int, image_size: int, seed
 def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int,
         workers: int, train_steps: int | None = None) -> dict[str, float]:
     """Runs the demo in ``workdir``; returns the best checkpoint's report metrics."""
+    start = time.monotonic()
     workdir = pathlib.Path(workdir)
     store = prepare_store(workdir, num_samples, image_size, seed, workers)
     config = demo_config(store, train_steps)
@@ -72,4 +74,6 @@ def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int
           f"{test['tuned_on_val']['macro_f1']:.3f} at thresholds tuned on val "
           f"(no-skill {test['no_skill_macro_f1']:.3f}); weighted-F1 "
           f"{test['tuned_on_val']['weighted_f1']:.3f}")
+    seconds = int(time.monotonic() - start)
+    print(f"demo done in {seconds // 60}m{seconds % 60:02d}s; everything is in {workdir}")
     return metrics

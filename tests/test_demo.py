@@ -1,6 +1,7 @@
 """The README's main job and the data benchmark, end to end at tiny sizes."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -32,7 +33,11 @@ def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "reusing the synthetic set" in again.stdout and "reusing the saved split" in again.stdout
     assert "resumed from" in again.stdout and "at step 4" in again.stdout
-    assert again.stdout.split("test split")[1] == r.stdout.split("test split")[1]
+    result = [line for line in r.stdout.splitlines() if line.startswith("test split")]
+    assert result == [line for line in again.stdout.splitlines()
+                      if line.startswith("test split")]
+    assert re.fullmatch(r"demo done in \d+m\d\ds; everything is in .+",
+                        again.stdout.splitlines()[-1])
 
 
 def test_bench_data_prints_one_json_line_per_figure(tmp_path):
