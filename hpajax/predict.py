@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pathlib
 
 import ml_collections
 import numpy as np
 
-from hpajax import checkpointing, classes, report, train
+from hpajax import checkpointing, classes, logs, report, train
 from hpajax import workdir as workdir_lib
 from hpajax.data import convert, open_store, pipeline
-from hpajax.data.store import METADATA
+from hpajax.data import labels as labelslib
+from hpajax.data.store import METADATA, Store
 from hpajax.files import write_atomic
 
 
@@ -75,34 +75,32 @@ def evaluate_run(workdir: str | os.PathLike, step: int | None = None,
     return report.write_report(
         workdir / "report", scores(cfg.data.eval_part), scores(cfg.data.test_part),
         train=scores(cfg.data.train_part) if seed_thresholds else None, step=step,
-        records=_read_records(workdir / "metrics.jsonl"),
+        records=logs.read_records(workdir / "metrics.jsonl"),
         images_of=lambda positions: test_source.read_batch(positions)["image"],
         test_ids=[store.ids[r] for r in test_rows])
-
-
-def _read_records(path: pathlib.Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def predict_to_dir(workdir: str | os.PathLike, input_path: str | os.PathLike,
                    output_dir: str | os.PathLike, *, step: int | None = None,
                    ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
                    workers: int = 1) -> pathlib.Path:
-    """Probabilities and a Kaggle submission for a store or a folder of PNG quads."""
+    """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
+
+    ``ids_csv`` picks the images and their order in both cases.
+    """
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup, state, step = load_run(workdir, step)
     store_path = as_store(input_path, out / "store", setup.config, ids_csv, workers)
     store = open_store(store_path)
-    probs = train.predict(setup, state, store_path).probs
+    rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
+    ids = [store.ids[r] for r in rows]
+    probs = train.predict(setup, state, store_path, rows).probs
     thresholds = _thresholds(pathlib.Path(workdir) / "report")
     np.save(out / "probabilities.npy", probs)
-    write_atomic(out / "probabilities.csv", probabilities_csv(store.ids, probs))
-    write_atomic(out / "submission.csv",
-                 submission_csv(store.ids, probs, thresholds, at_least_one))
-    print(f"predicted {len(store.ids)} images with step {step}: {out}/probabilities.npy, "
+    write_atomic(out / "probabilities.csv", probabilities_csv(ids, probs))
+    write_atomic(out / "submission.csv", submission_csv(ids, probs, thresholds, at_least_one))
+    print(f"predicted {len(ids)} images with step {step}: {out}/probabilities.npy, "
           f"probabilities.csv, submission.csv")
     return out
 
@@ -123,6 +121,28 @@ def as_store(input_path: str | os.PathLike, converted: pathlib.Path,
         image_size=config.data.input_size, workers=workers,
         command="python -m hpajax.main predict"))
     return converted
+
+
+def rows_of_ids(store: Store, ids_csv: str | os.PathLike) -> np.ndarray:
+    """The store rows of the Ids in ``ids_csv``, in the CSV's order (``--ids_csv``).
+
+    The CSV gets the label-file checks; a bad row or an Id the store lacks
+    is a ValueError naming the CSV line, rather than a silently short output.
+    """
+    table, problems = labelslib.read_labels_csv(ids_csv)
+    flag = f"--ids_csv={ids_csv}"
+    if problems:
+        raise ValueError(f"{flag}: {len(problems)} bad row(s): " + "; ".join(
+            f"{p.where}: {p.why}" for p in problems[:5]))
+    if not table.ids:
+        raise ValueError(f"{flag}: no Ids")
+    row_of = {sample_id: row for row, sample_id in enumerate(store.ids)}
+    missing = [k for k, sample_id in enumerate(table.ids) if sample_id not in row_of]
+    if missing:
+        k = missing[0]
+        raise ValueError(f"{flag}: {table.where[k]}: Id {table.ids[k]!r} is not in the store "
+                         f"{store.path} ({len(missing)} of its {len(table.ids)} Ids are missing)")
+    return np.array([row_of[sample_id] for sample_id in table.ids], np.int64)
 
 
 def _thresholds(report_dir: pathlib.Path) -> np.ndarray:
@@ -155,7 +175,9 @@ def submission_csv(ids: list[str], probs: np.ndarray, thresholds: np.ndarray,
     if at_least_one:
         empty = ~pred.any(1)
         pred[empty, probs[empty].argmax(1)] = True
-    lines = ["Id,Predicted"]
-    lines += [f"{i},{' '.join(map(str, np.flatnonzero(row)))}" for i, row in zip(ids, pred)]
-    return "\n".join(lines) + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")  # quotes an Id holding ',' or '"'
+    writer.writerow(["Id", "Predicted"])
+    writer.writerows([i, " ".join(map(str, np.flatnonzero(row)))] for i, row in zip(ids, pred))
+    return buf.getvalue()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import PYTHON, REPO, synthetic_store, tiny_config
 
-from hpajax import checkpointing, train
+from hpajax import checkpointing, logs, train
 
 SIZE = 80
 STEPS = {"total_steps": 18, "log_every": 2, "eval_every": 6, "checkpoint_every": 3}
@@ -155,6 +155,31 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(store, uninterru
     assert "warning: checkpoint 6 in" in out and "is unusable" in out and "at step 3" in out
     assert len(list((tmp_path / "damaged").iterdir())) == 1
     assert records(tmp_path) == records(uninterrupted)
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_resume_proceeds(store, tmp_path, capsys):
+    """A kill or a full disk in the middle of an append leaves half a record."""
+    train.train_and_evaluate(tiny_config(store, **{**STEPS, "total_steps": 3}), str(tmp_path))
+    before = records(tmp_path)
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write('{"step": 4, "split": "train", "lo')
+    train.train_and_evaluate(tiny_config(store, **{**STEPS, "total_steps": 6}), str(tmp_path))
+    torn = len(before) + 1
+    assert f"warning: {path}:{torn}: incomplete last line dropped" in capsys.readouterr().out
+    after = records(tmp_path)
+    assert after[:len(before)] == before
+    assert [(r["step"], r["split"]) for r in after[len(before):]] == [
+        (4, "train"), (6, "train"), (6, "val"), (6, "checkpoint")]
+
+
+def test_a_corrupt_middle_metrics_line_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    text = '{"step": 1, "split": "train"}\n{"step": 2, "spl\n{"step": 3, "split": "val"}\n'
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: corrupt metrics record"):
+        logs.MetricsLog(tmp_path, 1)
+    assert path.read_text() == text  # left for the user to fix
 
 
 def test_no_usable_checkpoint_is_a_clear_error(store, tmp_path):

@@ -166,3 +166,22 @@ def test_cli_refuses_bad_requests(tiny_stores):
     assert result.returncode != 0 and "fractions must sum to 1" in result.stderr
     assert not (unlabelled / store.SPLITS).exists()
     assert not (labelled / store.SPLITS).exists()
+
+
+def test_cli_refuses_names_that_are_not_plain_identifiers(tiny_stores, tmp_path):
+    """A split or part name becomes a file name: '../x' must not write outside the store."""
+    labelled, _ = tiny_stores
+    for flag, value in [("name", "../x"), ("name", ".."), ("name", "-x"),
+                        ("parts", "train,../v,test")]:
+        result = run_tool(f"--store={labelled}", f"--{flag}={value}")
+        shown = value if flag == "name" else "../v"
+        assert result.returncode != 0, result.stdout
+        assert f"--{flag}={shown!r}: not a plain name" in result.stderr
+    assert not (labelled / store.SPLITS).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled", "unlabelled"]
+    for call in (lambda: store.save_split(labelled, "../x", {"a": np.arange(3)}),
+                 lambda: store.save_split(labelled, "x", {"a/b": np.arange(3)}),
+                 lambda: store.load_split(labelled, "../x")):
+        with pytest.raises(store.StoreError, match="not a plain name"):
+            call()
+    assert not (labelled / store.SPLITS).exists()

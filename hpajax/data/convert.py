@@ -123,7 +123,7 @@ def make_plan(opts: Options) -> Plan:
         except ValueError as e:
             raise ConversionError(str(e)) from None
     else:
-        table, problems = _table_from_files(opts.input_dir, opts.format), []
+        table, problems = _table_from_files(opts.input_dir, opts.format)
     keep, paths, stats = [], [], []
     for i, sample_id in enumerate(table.ids):
         files = imagelib.channel_paths(str(opts.input_dir), sample_id, opts.format)
@@ -144,12 +144,26 @@ def make_plan(opts: Options) -> Plan:
     return Plan(ids, labels, paths, problems, spec, shard, fingerprint)
 
 
-def _table_from_files(directory: pathlib.Path, fmt: str) -> labelslib.LabelTable:
-    """Ids from the file names (sorted), when no label file is given."""
+def _table_from_files(directory: pathlib.Path, fmt: str
+                      ) -> tuple[labelslib.LabelTable, list[Problem]]:
+    """Ids from the file names (sorted), when no label file is given.
+
+    They get the label file's Id checks: an Id names the store's rows and files.
+    """
     suffixes = [f"_{c}.{imagelib.FORMATS[fmt]}" for c in classes.CHANNELS]
-    ids = sorted({name[: -len(s)] for name in os.listdir(directory)
-                  for s in suffixes if name.endswith(s)})
-    return labelslib.LabelTable(ids, None, [str(directory)] * len(ids))
+    first_file = {}
+    for name in sorted(os.listdir(directory)):
+        for s in suffixes:
+            if name.endswith(s):
+                first_file.setdefault(name[: -len(s)], name)
+    ids, problems = [], []
+    for sample_id in sorted(first_file):
+        why = labelslib.check_id(sample_id)
+        if why is None:
+            ids.append(sample_id)
+        else:
+            problems.append(Problem(str(directory / first_file[sample_id]), sample_id, why))
+    return labelslib.LabelTable(ids, None, [str(directory)] * len(ids)), problems
 
 
 def _stat_files(paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]:

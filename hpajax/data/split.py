@@ -298,10 +298,11 @@ def split_store(
     if len(fractions) != len(parts):
         raise ValueError(f"fractions has {len(fractions)} values but parts has "
                          f"{len(parts)} names; give one part name per fraction")
-    if len(set(parts)) != len(parts) or not all(parts):
-        raise ValueError(f"parts must be distinct non-empty names, got {list(parts)}")
-    if not name or pathlib.Path(name).name != name:
-        raise ValueError(f"name must be a plain file name, got {name!r}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"parts must be distinct names, got {list(parts)}")
+    storelib.check_name(name, "--name")
+    for part in parts:
+        storelib.check_name(part, "--parts")
     store = storelib.open_store(store_path)
     if store.labels is None:
         raise storelib.StoreError(f"store {store.path} is unlabelled (no {storelib.LABELS}); "

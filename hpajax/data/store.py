@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,20 @@ _MAX_SHARD_SAMPLES = 256
 
 class StoreError(ValueError):
     """A store is missing, incomplete or inconsistent."""
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def check_name(name: str, what: str = "split name") -> None:
+    """Refuses a split or part name that is not a plain identifier: names become file names.
+
+    ``what`` says where the name came from (e.g. ``--name``), for the message.
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        shown = f"{what}={name!r}" if what.startswith("--") else f"{what} {name!r}"
+        raise StoreError(f"{shown}: not a plain name (letters, digits, '_' and '-', "
+                         "not starting with '-')")
 
 
 def default_shard_samples(image_size: int, channels: int) -> int:
@@ -154,14 +169,34 @@ def open_store(path: str | os.PathLike) -> Store:
         raise StoreError(f"{path} is not a complete hpajax store: no {METADATA}{hint}")
     metadata = json.loads(meta_path.read_text())
     ids = (path / IDS).read_text().splitlines()
-    labels = np.load(path / LABELS) if (path / LABELS).exists() else None
-    images = open_images(path)
     n = len(ids)
-    if images.shape[0] != n or (labels is not None and labels.shape != (n, classes.NUM_CLASSES)):
-        raise StoreError(
-            f"{path}: inconsistent store: {n} ids, images {tuple(images.shape)}, "
-            f"labels {None if labels is None else labels.shape}")
+    labels = _load_labels(path / LABELS, n) if (path / LABELS).exists() else None
+    images = open_images(path)
+    if images.shape[0] != n:
+        raise StoreError(f"{path}: inconsistent store: {n} ids, images {tuple(images.shape)}")
     return Store(path=path, images=images, ids=ids, labels=labels, metadata=metadata)
+
+
+def _load_labels(file: pathlib.Path, n: int) -> np.ndarray:
+    """``labels.npy`` as uint8 [n, 28] multi-hot; a StoreError says what is wrong with it.
+
+    Checked here because every consumer (loss, split, metrics) trusts 0/1 labels.
+    """
+    try:
+        labels = np.load(file)
+    except (OSError, ValueError, EOFError) as e:
+        raise StoreError(f"{file}: cannot read: {e}") from None
+    if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(f"{file}: dtype {labels.dtype}, expected integers or bool (0/1)")
+    if labels.shape != (n, classes.NUM_CLASSES):
+        raise StoreError(f"{file}: shape {labels.shape}, expected ({n}, "
+                         f"{classes.NUM_CLASSES}) for the store's {n} ids")
+    bad = np.argwhere((labels != 0) & (labels != 1))
+    if bad.size:
+        row, col = bad[0]
+        raise StoreError(f"{file}: values other than 0/1 (found {labels[row, col]} at row "
+                         f"{row}, class {col}; {len(bad)} such values)")
+    return labels.astype(np.uint8)
 
 
 def finalize(
@@ -208,6 +243,9 @@ def save_split(
     info: dict[str, Any] | None = None,
 ) -> pathlib.Path:
     """Saves a named split (part name -> indices) with the store."""
+    check_name(name)
+    for part in parts:
+        check_name(part, "part name")
     out = pathlib.Path(path) / SPLITS / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     write_json(out, {"info": info or {},
@@ -217,6 +255,7 @@ def save_split(
 
 def load_split(path: str | os.PathLike, name: str = "default") -> dict[str, np.ndarray]:
     """Loads a named split saved with ``save_split``."""
+    check_name(name)
     f = pathlib.Path(path) / SPLITS / f"{name}.json"
     if not f.is_file():
         raise StoreError(f"{path}: no split named {name!r} ({f} missing); "
