@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -148,7 +149,16 @@ def test_real_hpav18_jpegs(tmp_path):
         rgb.draft("RGB", (256, 256))
         want = rgb.getchannel(plane).resize((256, 256), Image.Resampling.BOX)
         np.testing.assert_array_equal(images[k, :, :, c], np.asarray(want))
-    assert images[k, :, :, 3].mean() > 1  # yellow carries signal, never zeros
+    for k, sample_id in enumerate(s.ids):  # 1728 px (drafted to 432) and 2048 px (to 256)
+        # Yellow: the mean of the yellow JPEG's R and G planes, rounded half up, at the
+        # libjpeg draft scale, then the box filter to 256 px.
+        rgb = Image.open(raw / f"{sample_id}_yellow.jpg")
+        rgb.draft("RGB", (256, 256))
+        planes = np.asarray(rgb.convert("RGB"), np.float64)
+        mean = np.floor((planes[..., 0] + planes[..., 1]) / 2 + 0.5).astype(np.uint8)
+        want = Image.fromarray(mean).resize((256, 256), Image.Resampling.BOX)
+        np.testing.assert_array_equal(images[k, :, :, 3], np.asarray(want), err_msg=sample_id)
+        assert images[k, :, :, 3].mean() > 1  # yellow carries signal, never zeros
 
 
 def test_real_kaggle_pngs_decode_and_report_missing_channels(tmp_path):
@@ -273,6 +283,48 @@ def test_cli_lists_every_bad_sample_then_skip_bad_converts_the_rest(kaggle_set, 
     assert report[0] == "where,id,problem" and len(report) == 4
 
 
+def test_ids_from_file_names_get_the_csv_id_checks(tmp_path):
+    """Without --labels_csv the Ids come from file names, and are checked like CSV Ids."""
+    raw = tmp_path / "raw"
+    write_quads(raw, ["a", ".x", "b\\c", "d\x01"], size=8)
+    with pytest.raises(convert.ConversionError) as err:
+        convert.convert(_opts(raw, tmp_path / "st", image_size=8))
+    for bad, why in [(".x", "starts with '.'"), ("b\\c", "contains a path separator"),
+                     ("d\x01", "contains a control character")]:
+        assert f"{raw / (bad + '_blue.png')}: {bad}: Id {bad!r} {why}" in str(err.value)
+    s = open_store(convert.convert(_opts(raw, tmp_path / "st", image_size=8,
+                                         skip_bad=True)).path)
+    assert s.ids == ["a"]
+
+
+# labels.npy defects open_store must name: (change to good labels, message after the path)
+LABEL_DEFECTS = {
+    "value 2": (lambda y: np.where(np.arange(y.size).reshape(y.shape) == 5 * 28 + 3, 2, y),
+                "values other than 0/1 (found 2 at row 5, class 3"),
+    "negative": (lambda y: -y.astype(np.int8), "values other than 0/1 (found -1 at row"),
+    "classes": (lambda y: y[:, :27], "shape (6, 27), expected (6, 28)"),
+    "rows": (lambda y: y[:5], "shape (5, 28), expected (6, 28)"),
+    "1-D": (lambda y: y.ravel(), "shape (168,), expected (6, 28)"),
+    "float": (lambda y: y.astype(np.float32), "dtype float32, expected integers or bool"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(LABEL_DEFECTS))
+def test_open_store_checks_labels_npy(defect, tmp_path):
+    y = np.zeros((6, 28), np.uint8)
+    y[:, 0] = 1
+    storelib.write_store(tmp_path / "st", np.zeros((6, 8, 8, 4), np.uint8),
+                         [f"s{i}" for i in range(6)], y)
+    np.save(tmp_path / "st" / storelib.LABELS, y.astype(bool))  # bool is fine: read as uint8
+    np.testing.assert_array_equal(open_store(tmp_path / "st").labels, y)
+    assert open_store(tmp_path / "st").labels.dtype == np.uint8
+    change, expected = LABEL_DEFECTS[defect]
+    np.save(tmp_path / "st" / storelib.LABELS, change(y))
+    with pytest.raises(storelib.StoreError) as err:
+        open_store(tmp_path / "st")
+    assert f"{tmp_path / 'st' / storelib.LABELS}: {expected}" in str(err.value)
+
+
 # ----------------------------------------------------------- resume
 
 KILLER = r"""
@@ -302,6 +354,8 @@ app.run(tool.main)
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    """Kills at three hooks and at a random moment mid-conversion (the store shown
+    unfinished); the resumed store is bit-identical to an uninterrupted one."""
     ids = [f"r{i:03d}" for i in range(60)]
     write_quads(tmp_path / "train", ids, size=32, seed=3)
     csv_path = write_csv(tmp_path / "train.csv", [(i, str(k % 28)) for k, i in enumerate(ids)])
@@ -315,15 +369,32 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
                               cwd=REPO, capture_output=True, start_new_session=True)
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
         assert not (out / storelib.METADATA).exists()
-    # And once more at a random wall-clock moment.
+    # And once more at a random moment while the workers write shards: after this run
+    # has recorded a random number of new shards (a ~10 ms step; polled within a
+    # deadline), leaving over half of the rest and the finalizing still to do.
+    def shards_done():
+        try:
+            return json.loads((out / convert.PROGRESS).read_text())["shards"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return -1
+    before, total = shards_done(), len(ids) // 4
+    assert 0 <= before < total - 1
+    target = before + random.randint(1, (total - before) // 2)
     proc = subprocess.Popen([PYTHON, str(REPO / "tools" / "convert.py"), *args,
                              f"--output_dir={out}"], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=random.uniform(0.5, 2.0))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    deadline = time.monotonic() + 120
+    while shards_done() < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    running = proc.poll() is None
+    if running:
+        os.killpg(proc.pid, signal.SIGKILL)  # the converter and its spawned workers
+    proc.wait()
+    killed_at = shards_done()
+    assert running and proc.returncode == -signal.SIGKILL, (
+        f"the conversion exited ({proc.returncode}) before the kill at {target} shards")
+    assert target <= killed_at < total, (before, target, killed_at)
+    assert not (out / storelib.METADATA).exists()  # killed unfinished
     r = _tool(*args, f"--output_dir={out}")
     assert r.returncode == 0, r.stderr
     assert _tree(out) == _tree(reference)

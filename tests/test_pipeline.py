@@ -139,17 +139,21 @@ def test_train_is_deterministic_by_seed(labeled):
 
 
 def test_train_shards_are_disjoint_and_match_single_process(labeled, data):
+    """Row for row, process k's batch is the k-th block of the single-process global batch."""
     # 20 samples, 2 shards x batch 5: one epoch is 2 steps of 10 samples.
     single = iter(pipeline.train_dataset(labeled, SPLIT, batch_size=10, seed=7))
     shards = [iter(pipeline.train_dataset(labeled, SPLIT, batch_size=5, seed=7, channels=(1,),
                                           shard_index=k, shard_count=2)) for k in range(2)]
     for _ in range(4):  # Two epochs.
-        parts = [next(it) for it in shards]
-        for part in parts:
+        whole = next(single)
+        check_batch(whole, data, 10)
+        for k, it in enumerate(shards):
+            part = next(it)
             check_batch(part, data, 5, channels=(1,))
-        union = np.concatenate([p["index"] for p in parts])
-        assert len(set(union)) == 10
-        np.testing.assert_array_equal(np.sort(union), np.sort(next(single)["index"]))
+            block = slice(k * 5, (k + 1) * 5)
+            np.testing.assert_array_equal(part["index"], whole["index"][block], err_msg=f"{k}")
+            np.testing.assert_array_equal(part["image"], whole["image"][block][..., [1]])
+            np.testing.assert_array_equal(part["label"], whole["label"][block])
 
 
 def test_train_rejects_bad_input(labeled, unlabeled):
