@@ -44,6 +44,8 @@ _SWEEPS = flags.DEFINE_list("sweeps", ["input_size", "kernel_size"], "Which swee
 _QUICK = flags.DEFINE_bool("quick", False, "Reduced sizes and steps, for a CPU.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "--quick: synthetic samples.")
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override every run's total_steps.")
+_FIGURES = flags.DEFINE_bool("figures", True, "Draw each run's report figures (the "
+                             "comparison needs only the numbers).")
 _NARROW = flags.DEFINE_bool("narrow_model", False, "The tiny config's narrow model (8/16/32/64 "
                             "filters) instead of the seed's: checks the runner in seconds.")
 
@@ -146,7 +148,8 @@ def main(argv: list[str]) -> None:
         print(f"== {name}: input {config.data.input_size} px, kernel "
               f"{config.model.kernel_size}, in {run_dir}", flush=True)
         train.train_and_evaluate(config, str(run_dir))
-        metrics = predict.evaluate_run(run_dir, seed_thresholds=False)
+        metrics = predict.evaluate_run(run_dir, seed_thresholds=False,
+                                       draw_figures=_FIGURES.value)
         results[name] = {"size": config.data.input_size, "kernel": config.model.kernel_size,
                          "metrics": metrics, "rows": per_class_rows(run_dir / "report")}
     md, table = comparison(results)

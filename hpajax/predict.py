@@ -55,7 +55,7 @@ def load_run(workdir: str | os.PathLike, step: int | None = None
 
 
 def evaluate_run(workdir: str | os.PathLike, step: int | None = None,
-                 seed_thresholds: bool = True) -> dict:
+                 seed_thresholds: bool = True, draw_figures: bool = True) -> dict:
     """Writes ``workdir/report/`` for a checkpoint; returns its metrics.json content."""
     workdir = pathlib.Path(workdir)
     setup, state, step = load_run(workdir, step)
@@ -77,7 +77,7 @@ def evaluate_run(workdir: str | os.PathLike, step: int | None = None,
         train=scores(cfg.data.train_part) if seed_thresholds else None, step=step,
         records=logs.read_records(workdir / "metrics.jsonl"),
         images_of=lambda positions: test_source.read_batch(positions)["image"],
-        test_ids=[store.ids[r] for r in test_rows])
+        test_ids=[store.ids[r] for r in test_rows], draw_figures=draw_figures)
 
 
 def predict_to_dir(workdir: str | os.PathLike, input_path: str | os.PathLike,

@@ -80,8 +80,10 @@ def write_report(out_dir: str | os.PathLike, val: Scores, test: Scores, *,
                  train: Scores | None = None, step: int | None = None,
                  records: Sequence[dict] | None = None,
                  images_of: Callable[[np.ndarray], np.ndarray] | None = None,
-                 test_ids: Sequence[str] | None = None, montage_size: int = 6) -> dict:
-    """Writes the report files (and figures, if matplotlib is there); returns metrics.json.
+                 test_ids: Sequence[str] | None = None, montage_size: int = 6,
+                 draw_figures: bool = True) -> dict:
+    """Writes the report files (and figures, if asked and matplotlib is there); returns
+    metrics.json.
 
     ``records`` are the run's ``metrics.jsonl`` entries (for the training
     curves); ``images_of(positions)`` returns the uint8 images of those test
@@ -98,6 +100,8 @@ def write_report(out_dir: str | os.PathLike, val: Scores, test: Scores, *,
     write_atomic(out / "per_class.csv", evaluate.to_csv(report))
     write_atomic(out / "per_class.md", evaluate.to_markdown(report))
     print(f"report: {out}/ (metrics.json, thresholds.json, per_class.csv, per_class.md)")
+    if not draw_figures:
+        return metrics
     if not figures.plotting_available():
         print(f"report: no figures written; {figures.INSTALL_HINT}")
         return metrics

@@ -2,7 +2,9 @@
 
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,12 +16,45 @@ from hpajax import xla_defaults
 # command-line runs bit for bit, and the suite runs at the users' speed.
 xla_defaults.apply_cpu_defaults()
 
+# One JAX persistent compilation cache for the whole session, empty at its
+# start: the tests and every `python -m hpajax.main` they start compile the
+# same few tiny programs, and XLA:CPU compilation is most of their time. Set
+# in the environment before anything imports JAX, so subprocesses inherit it;
+# pytest-xdist's workers inherit the controller's (HPAJAX_TEST_JAX_CACHE).
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+JAX_CACHE = (os.environ["HPAJAX_TEST_JAX_CACHE"] if _WORKER
+             else tempfile.mkdtemp(prefix="hpajax-tests-jax-cache-"))
+os.environ.update(HPAJAX_TEST_JAX_CACHE=JAX_CACHE, JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def pytest_unconfigure(config) -> None:
+    if not _WORKER:
+        shutil.rmtree(JAX_CACHE, ignore_errors=True)
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # the real files the tests read; see its SOURCES.md
 # The team's folder beside the checkout; a user's clone has none, so no test may read it.
 SIBLING_SHARED = REPO.parent / "shared"
 PYTHON = sys.executable
 CHANNELS = ("red", "green", "blue", "yellow")
+
+
+# The slowest files, slowest first (from `pytest --durations=0`): pytest-xdist
+# hands files to its workers in collection order, so starting with these keeps
+# a worker from picking up a long file near the end while the other idles.
+_SLOWEST_FIRST = ("test_multihost.py", "test_faults.py", "test_sweep.py", "test_predict.py",
+                  "test_train.py", "test_demo.py", "test_model.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return _SLOWEST_FIRST.index(name) if name in _SLOWEST_FIRST else len(_SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 def _refuse_sibling_shared(event: str, args: tuple) -> None:

@@ -42,21 +42,11 @@ def store(tmp_path_factory) -> pathlib.Path:
     return synthetic_store(tmp_path_factory.mktemp("data"), 64, SIZE)
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory) -> pathlib.Path:
-    """A JAX compilation cache shared by the single-process runs (same programs, faster)."""
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-def env(devices: int, cache: pathlib.Path | None = None) -> dict:
+def env(devices: int) -> dict:
     """The environment of a run on ``devices`` forced CPU devices, with no cluster in sight."""
     out = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
     out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    if cache is not None:
-        out.update(JAX_COMPILATION_CACHE_DIR=str(cache),
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return out
 
 
@@ -65,9 +55,9 @@ def train_cmd(store, workdir, *flags) -> list[str]:
             f"--workdir={workdir}", *flags]
 
 
-def train(store, workdir, devices: int, *flags, cache=None) -> str:
+def train(store, workdir, devices: int, *flags) -> str:
     """One single-process run; returns its stdout."""
-    r = subprocess.run(train_cmd(store, workdir, *flags), cwd=REPO, env=env(devices, cache),
+    r = subprocess.run(train_cmd(store, workdir, *flags), cwd=REPO, env=env(devices),
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
@@ -140,10 +130,10 @@ def assert_same_training(run, reference, steps) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_device(store, compile_cache, tmp_path_factory) -> pathlib.Path:
+def one_device(store, tmp_path_factory) -> pathlib.Path:
     """The reference: all steps on one device."""
     workdir = tmp_path_factory.mktemp("one_device") / "run"
-    train(store, workdir, 1, *NO_RESAMPLING, cache=compile_cache)
+    train(store, workdir, 1, *NO_RESAMPLING)
     return workdir
 
 
@@ -187,8 +177,7 @@ def test_device_count_changes_only_rounding(one_device, four_devices):
     assert_same_training(four_devices, one_device, steps={1, 2})
 
 
-def test_resume_on_another_device_count(store, one_device, four_devices, compile_cache,
-                                        tmp_path):
+def test_resume_on_another_device_count(store, one_device, four_devices, tmp_path):
     """Checkpoint of 4 devices, resumed on 1: continues, and matches a 1-device run.
 
     Orbax restores the replicated state into the new mesh's shardings and the
@@ -198,7 +187,7 @@ def test_resume_on_another_device_count(store, one_device, four_devices, compile
     """
     workdir = tmp_path / "run"
     shutil.copytree(four_devices, workdir)
-    out = train(store, workdir, 1, *NO_RESAMPLING, cache=compile_cache)
+    out = train(store, workdir, 1, *NO_RESAMPLING)
     assert f"resumed from {workdir / 'checkpoints'} at step 2" in out
     assert [r["step"] for r in records(workdir, "checkpoint")] == [2, 4]
     assert [r["step"] for r in records(workdir, "train")] == [1, 2, 3, 4]

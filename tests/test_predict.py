@@ -1,4 +1,4 @@
-"""evaluate and predict end to end on a tiny trained run; the seed's sweeps runner."""
+"""evaluate and predict end to end on a tiny trained run."""
 
 import csv
 import io
@@ -214,20 +214,3 @@ def test_a_smaller_input_size_resizes_on_device(run, tmp_path):
     logits = jax.jit(setup.model.apply, static_argnames="train")(
         {"params": state.params, "batch_stats": state.batch_stats}, small, train=False)
     np.testing.assert_allclose(got, jax.nn.sigmoid(logits), atol=1e-4)
-
-
-def test_sweep_quick_trains_each_config_and_writes_one_table(tmp_path):
-    r = subprocess.run([PYTHON, str(REPO / "experiments" / "sweep.py"), "--quick",
-                        f"--workdir={tmp_path}", "--num_samples=48", "--total_steps=2",
-                        "--narrow_model"],
-                       capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    names = ["size80_k3", "size128_k3", "size200_k3", "size200_k5", "size200_k7"]
-    for name in names:
-        assert (tmp_path / name / "report" / "per_class.csv").is_file()
-    table = list(csv.reader(open(tmp_path / "comparison.csv")))
-    assert table[0][1:4] == ["size80_k3 precision", "size80_k3 recall", "size80_k3 f1"]
-    assert len(table[0]) == 1 + 3 * len(names)
-    assert [row[0] for row in table[1:29]] == list(classes.CLASS_NAMES)
-    md = (tmp_path / "comparison.md").read_text()
-    assert all(f"| {name} |" in md for name in names)
