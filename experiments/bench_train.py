@@ -255,7 +255,7 @@ class TorchBench:
         self.model_cfg, self.opt_cfg = config.model, config.optimizer
         torch.set_num_threads(len(os.sched_getaffinity(0)))
 
-    def _model(self):
+    def model(self):
         """A freshly initialized torch model with the base config's shape."""
         self.torch.manual_seed(self.seed)
         m = self.model_cfg
@@ -272,7 +272,7 @@ class TorchBench:
         # Non-trivial running statistics, so that evaluation mode is checked too.
         variables = {**variables, "batch_stats": jax.tree.map(
             lambda v: v + 0.1, variables["batch_stats"])}
-        model = self._model()
+        model = self.model()
         self.ref.load_flax_variables(model, variables)
         x = augment.to_float(images)
         diffs = {}
@@ -291,7 +291,7 @@ class TorchBench:
         torch, ref = self.torch, self.ref
         images = torch.from_numpy(host_batches[0]["image"])
         label = torch.from_numpy(host_batches[0]["label"])
-        model = self._model()
+        model = self.model()
         opt = ref.make_optimizer(model, self.opt_cfg.learning_rate,
                                  (self.opt_cfg.b1, self.opt_cfg.b2), self.opt_cfg.eps,
                                  self.opt_cfg.weight_decay)

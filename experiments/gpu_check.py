@@ -292,7 +292,7 @@ def child_torch(args: argparse.Namespace, dtype: str, batch: int) -> None:
     device = "cuda" if cuda else "cpu"
     torch.backends.cudnn.benchmark = True
     config = base_config()
-    model = bench_train.TorchBench(CHANNELS, config, SEED)._model()
+    model = bench_train.TorchBench(CHANNELS, config, SEED).model()
     model = model.to(device, memory_format=torch.channels_last)
     o = config.optimizer
     opt = ref.make_optimizer(model, o.learning_rate, (o.b1, o.b2), o.eps, o.weight_decay)
