@@ -19,10 +19,20 @@ _GUARDS = (REPO / "tests" / "conftest.py", REPO / "tests" / "test_self_contained
 _TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".sh", ".json", ".yaml", ".yml", ""}
 
 
+def _project_files() -> list[str]:
+    """The files git tracks or would (untracked, not ignored); every file outside
+    hidden folders, virtual environments and runs where this is no git checkout."""
+    git = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True)
+    if git.returncode == 0:
+        return git.stdout.splitlines()
+    return [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+            if not any(part.startswith(".") or part in ("runs", "build")
+                       for part in p.relative_to(REPO).parts)]
+
+
 def _tracked_text_files() -> list:
-    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    return [REPO / n for n in names
+    return [REPO / n for n in _project_files()
             if (REPO / n).is_file() and (REPO / n).suffix in _TEXT_SUFFIXES
             and not n.startswith("tests/data/")]
 
