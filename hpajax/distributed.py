@@ -19,9 +19,9 @@ def cluster_detected() -> bool:
     Asks JAX's own cluster detectors (SLURM, Open MPI, Cloud TPU on GCE or
     GKE, Kubernetes with ``jax[k8s]``), the test ``initialize()`` makes,
     skipping the opt-in ones (mpi4py) as it does. These detectors live in a
-    private module (checked with jax 0.10.2); on a jax where it
-    moved, a warning says that no cluster can be detected and the explicit
-    flags are needed.
+    private module (checked with jax 0.10.2); on a jax where it moved, a
+    warning says that no cluster can be detected and the explicit flags are
+    needed.
     """
     try:
         from jax._src import clusters  # noqa: PLC0415  (importing jax registers them all)
