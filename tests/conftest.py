@@ -42,11 +42,11 @@ PYTHON = sys.executable
 CHANNELS = ("red", "green", "blue", "yellow")
 
 
-# The slowest files, slowest first (from `pytest --durations=0`): pytest-xdist
-# hands files to its workers in collection order, so starting with these keeps
-# a worker from picking up a long file near the end while the other idles.
-_SLOWEST_FIRST = ("test_multihost.py", "test_faults.py", "test_sweep.py", "test_predict.py",
-                  "test_train.py", "test_demo.py", "test_model.py", "test_gpu_check.py")
+# The slowest files first (from `pytest --durations=0`): pytest-xdist hands
+# files to its workers in collection order, so starting with these keeps a
+# worker from picking up a long file near the end while the other idles.
+_SLOWEST_FIRST = ("test_faults.py", "test_sweep.py", "test_multihost.py", "test_demo.py",
+                  "test_train.py", "test_predict.py", "test_model.py", "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
