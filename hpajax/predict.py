@@ -17,6 +17,7 @@ import csv
 import io
 import os
 import pathlib
+from collections.abc import Iterable
 
 import ml_collections
 import numpy as np
@@ -154,14 +155,19 @@ def _thresholds(report_dir: pathlib.Path) -> np.ndarray:
     return np.full(classes.NUM_CLASSES, 0.5)
 
 
-def probabilities_csv(ids: list[str], probs: np.ndarray) -> str:
-    """``Id`` and one column per class name, 6 decimals."""
+def _csv_text(header: list[str], rows: Iterable[list[str]]) -> str:
+    """CSV text through the ``csv`` module, which quotes an Id holding ',' or '"'."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["Id", *classes.CLASS_NAMES])
-    for sample_id, row in zip(ids, probs):
-        writer.writerow([sample_id, *(f"{p:.6f}" for p in row)])
+    writer.writerow(header)
+    writer.writerows(rows)
     return buf.getvalue()
+
+
+def probabilities_csv(ids: list[str], probs: np.ndarray) -> str:
+    """``Id`` and one column per class name, 6 decimals."""
+    return _csv_text(["Id", *classes.CLASS_NAMES],
+                     ([i, *(f"{p:.6f}" for p in row)] for i, row in zip(ids, probs)))
 
 
 def submission_csv(ids: list[str], probs: np.ndarray, thresholds: np.ndarray,
@@ -175,9 +181,6 @@ def submission_csv(ids: list[str], probs: np.ndarray, thresholds: np.ndarray,
     if at_least_one:
         empty = ~pred.any(1)
         pred[empty, probs[empty].argmax(1)] = True
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")  # quotes an Id holding ',' or '"'
-    writer.writerow(["Id", "Predicted"])
-    writer.writerows([i, " ".join(map(str, np.flatnonzero(row)))] for i, row in zip(ids, pred))
-    return buf.getvalue()
+    return _csv_text(["Id", "Predicted"], ([i, " ".join(map(str, np.flatnonzero(row)))]
+                                           for i, row in zip(ids, pred)))
 
