@@ -20,16 +20,15 @@ import subprocess
 import sys
 import time
 
+import grain
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from hpajax import synthetic
+from hpajax.data import images, pipeline, run_data, store
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import grain  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from hpajax import synthetic  # noqa: E402
-from hpajax.data import images, pipeline, store  # noqa: E402
 
 flags.DEFINE_string("workdir", "/tmp/hpajax_bench_data", "Scratch directory (reused).")
 flags.DEFINE_integer("num_samples", 512, "Synthetic samples.")
@@ -193,8 +192,9 @@ def main(argv):
         emit(figure="bytes_per_sample", impl="store", codec=codec,
              bytes=round(dir_bytes(out / "images") / len(ids)))
         for workers in map(int, FLAGS.workers):
-            ds = lambda: pipeline.train_dataset(out, None, batch_size=bs, seed=0,  # noqa: E731
-                                                num_workers=workers)
+            ds = lambda: pipeline.train_dataset(  # noqa: E731
+                run_data.whole_store(str(out)).sources, batch_size=bs, seed=0,
+                num_workers=workers)
             measure_pipeline(ds, out, bs, n, cold_batches, workers,
                              impl="store", codec=codec)
     for workers in map(int, FLAGS.workers):

@@ -25,25 +25,21 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from absl import app, flags  # noqa: E402
+from hpajax import steps as steps_lib
+from hpajax import xla_defaults
+from hpajax.models.seed_cnn import SeedCNN
 
-from hpajax import train, xla_defaults  # noqa: E402
-from hpajax.model import SeedCNN  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_train  # noqa: E402
-import torch_reference  # noqa: E402
+import bench_train  # siblings: the script's folder is on sys.path
+import torch_reference
 
 _SIZE = flags.DEFINE_integer("size", 128, "Image side, in px.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Batch size.")
@@ -162,15 +158,15 @@ def bench_chain(rng: np.random.Generator, batch: int, size: int, channels: int) 
 def bench_step(batch: int, size: int, channels: int) -> dict[str, float]:
     """Milliseconds of hpajax's train step (augmentation off) and the torch reference's."""
     host = bench_train.host_batch(np.random.default_rng(0), batch, size, channels)
-    setup = train.build_setup(bench_train.make_config("float32", augment_on=False),
-                              train.make_mesh(batch), (size, size, channels))
-    state, acc = train.init_state(setup), train.zero_acc(setup)
-    device_batch = train.to_device(setup, host)
+    steps = steps_lib.build(bench_train.make_config("float32", augment_on=False),
+                            steps_lib.make_mesh(batch), (size, size, channels))
+    state, sums = steps_lib.init_state(steps), steps_lib.zero_sums(steps)
+    device_batch = steps_lib.to_device(steps, host)
 
     def step():
-        nonlocal state, acc
-        state, acc = setup.train_step(state, device_batch, acc)
-        return acc
+        nonlocal state, sums
+        state, sums = steps.train(state, device_batch, sums)
+        return sums
 
     torch.manual_seed(0)
     model = torch_reference.SeedCNN(channels)

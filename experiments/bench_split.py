@@ -13,11 +13,8 @@ here, not a dependency; its lines are replaced by a note when it is missing.
 
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Sequence
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from absl import app, flags

@@ -6,7 +6,7 @@
 
 For every image size, batch size and model dtype it times, on synthetic
 random uint8 images and multi-hot labels, the real jitted steps of
-``hpajax.train`` built as ``make_setup`` builds them (state donated, batches
+``hpajax.steps`` built as the trainer builds them (state donated, batches
 sharded over a ``data`` mesh of all devices):
 
   * ``train``: img/s of ``train_step`` (augmentation on, as in training) on a
@@ -15,7 +15,7 @@ sharded over a ``data`` mesh of all devices):
   * ``eval``: img/s of ``eval_step`` (on the same batch with a full ``mask``);
   * ``compile``: seconds to lower and compile each step;
   * ``host_overhead``: seconds per train step when every step also takes a
-    fresh host NumPy batch through ``hpajax.train.to_device`` and only the
+    fresh host NumPy batch through ``hpajax.steps.to_device`` and only the
     end of the loop syncs, as in the real loop, next to the pure device step
     time and their difference.
 
@@ -43,20 +43,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from hpajax import augment, classes, train, xla_defaults  # noqa: E402
-from hpajax import model as model_lib  # noqa: E402
-from hpajax.config import base_config  # noqa: E402
+from hpajax import augment, classes, models, xla_defaults
+from hpajax import steps as steps_lib
+from hpajax.config import base_config
+from hpajax.models.seed_cnn import SeedCNN
 
 _SIZES = flags.DEFINE_list("sizes", ["128", "256", "512"], "Image sides, in px.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["8", "32"], "Global batch sizes.")
@@ -188,17 +186,17 @@ def too_slow(budget: Budget, kind: tuple, batch_size: int, size: int, labels: di
     return predicted is not None
 
 
-def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget,
+def bench_jax_train(steps: steps_lib.Steps, host_batches: list[dict], budget: Budget,
                     labels: dict, augment_on: bool) -> dict | None:
     """Train, compile and (with augmentation) host-overhead figures; returns the train one."""
-    batch_size, size = len(host_batches[0]["image"]), setup.image_shape[0]
-    kind = ("jax", "train", setup.config.model.dtype, augment_on)
+    batch_size, size = len(host_batches[0]["image"]), steps.image_shape[0]
+    kind = ("jax", "train", steps.config.model.dtype, augment_on)
     if too_slow(budget, kind, batch_size, size, labels, augment=augment_on):
         return None
-    state, acc = train.init_state(setup), train.zero_acc(setup)
-    batch = train.to_device(setup, host_batches[0])
+    state, sums = steps_lib.init_state(steps), steps_lib.zero_sums(steps)
+    batch = steps_lib.to_device(steps, host_batches[0])
     start = time.perf_counter()
-    compiled = setup.train_step.lower(state, batch, acc).compile()
+    compiled = steps.train.lower(state, batch, sums).compile()
     compile_s = time.perf_counter() - start
     needed, limit = compiled_bytes(compiled), memory_limit_bytes()
     if needed is not None and needed > limit:
@@ -207,17 +205,17 @@ def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget
         return None
 
     def step(images: dict) -> dict:
-        """One train step, rebinding the donated state and accumulator."""
-        nonlocal state, acc
-        state, acc = setup.train_step(state, images, acc)
-        return acc
+        """One train step, rebinding the donated state and sums."""
+        nonlocal state, sums
+        state, sums = steps.train(state, images, sums)
+        return sums
 
     device = time_steps(lambda: step(batch), budget, kind, batch_size, size)
     emit(figure="train", impl="jax", **labels, augment=augment_on, **device)
     if augment_on:
         emit(figure="compile", impl="jax", what="train", **labels, seconds=compile_s)
         n, cycle = device["steps"], len(host_batches)
-        host_s, cores = timed(lambda: [step(train.to_device(setup, host_batches[i % cycle]))
+        host_s, cores = timed(lambda: [step(steps_lib.to_device(steps, host_batches[i % cycle]))
                                        for i in range(n)][-1])
         emit(figure="host_overhead", impl="jax", **labels, step_with_transfer_s=host_s / n,
              device_step_s=device["step_s"], overhead_s=host_s / n - device["step_s"], steps=n,
@@ -225,19 +223,19 @@ def bench_jax_train(setup: train.Setup, host_batches: list[dict], budget: Budget
     return device
 
 
-def bench_jax_eval(setup: train.Setup, host_batches: list[dict], budget: Budget,
+def bench_jax_eval(steps: steps_lib.Steps, host_batches: list[dict], budget: Budget,
                    labels: dict) -> dict | None:
-    """Eval and compile figures of ``eval_step``; returns the eval one."""
-    batch_size, size = len(host_batches[0]["image"]), setup.image_shape[0]
-    kind = ("jax", "eval", setup.config.model.dtype)
+    """Eval and compile figures of ``steps.eval``; returns the eval one."""
+    batch_size, size = len(host_batches[0]["image"]), steps.image_shape[0]
+    kind = ("jax", "eval", steps.config.model.dtype)
     if too_slow(budget, kind, batch_size, size, labels):
         return None
-    state = train.init_state(setup)
-    batch = train.to_device(setup, {**host_batches[0], "mask": np.ones(batch_size, bool)})
+    state = steps_lib.init_state(steps)
+    batch = steps_lib.to_device(steps, {**host_batches[0], "mask": np.ones(batch_size, bool)})
     start = time.perf_counter()
-    setup.eval_step.lower(state, batch).compile()
+    steps.eval.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    figures = time_steps(lambda: setup.eval_step(state, batch), budget, kind, batch_size, size)
+    figures = time_steps(lambda: steps.eval(state, batch), budget, kind, batch_size, size)
     emit(figure="eval", impl="jax", **labels, **figures)
     emit(figure="compile", impl="jax", what="eval", **labels, seconds=compile_s)
     return figures
@@ -249,7 +247,7 @@ class TorchBench:
     def __init__(self, channels: int, config: ml_collections.ConfigDict, seed: int):
         import torch
 
-        from experiments import torch_reference as ref
+        import torch_reference as ref  # a sibling: the script's folder is on sys.path
 
         self.torch, self.ref, self.channels, self.seed = torch, ref, channels, seed
         self.model_cfg, self.opt_cfg = config.model, config.optimizer
@@ -262,7 +260,7 @@ class TorchBench:
         return self.ref.SeedCNN(self.channels, classes.NUM_CLASSES, tuple(m.filters),
                                 m.kernel_size, tuple(m.head))
 
-    def check(self, jax_model: model_lib.SeedCNN) -> None:
+    def check(self, jax_model: SeedCNN) -> None:
         """Parameter counts and the logits' agreement given the same weights."""
         rng = np.random.default_rng(self.seed)
         images = rng.integers(0, 256, (_CHECK_BATCH, _CHECK_SIZE, _CHECK_SIZE, self.channels),
@@ -282,7 +280,7 @@ class TorchBench:
             with self.torch.no_grad():
                 theirs = model(self.ref.to_input(self.torch.from_numpy(images))).numpy()
             diffs["train" if mode else "eval"] = float(np.abs(np.asarray(logits) - theirs).max())
-        ours = sum(model_lib.param_counts(variables["params"]).values())
+        ours = sum(models.param_counts(variables["params"]).values())
         emit(figure="torch_check", params_jax=ours, params_torch=self.ref.param_count(model),
              max_abs_logit_diff_train=diffs["train"], max_abs_logit_diff_eval=diffs["eval"])
 
@@ -364,17 +362,17 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
     rng = np.random.default_rng(_SEED.value)
     host_batches = [host_batch(rng, batch_size, size, channels) for _ in range(_HOST_BATCHES)]
     figures: dict[str, dict | None] = {}
-    mesh = train.make_mesh(batch_size)
+    mesh = steps_lib.make_mesh(batch_size)
     for dtype in _DTYPES.value:
         labels = {"size": size, "batch": batch_size, "dtype": dtype, "channels": channels}
-        setup = train.build_setup(make_config(dtype), mesh, (size, size, channels))
-        trained = bench_jax_train(setup, host_batches, budget, labels, augment_on=True)
+        steps = steps_lib.build(make_config(dtype), mesh, (size, size, channels))
+        trained = bench_jax_train(steps, host_batches, budget, labels, augment_on=True)
         if dtype == "float32" and _NO_AUGMENT_TOO.value:
-            plain = train.build_setup(make_config(dtype, augment_on=False), mesh,
-                                      (size, size, channels))
+            plain = steps_lib.build(make_config(dtype, augment_on=False), mesh,
+                                    (size, size, channels))
             figures["train_no_augment"] = bench_jax_train(plain, host_batches, budget, labels,
                                                           augment_on=False)
-        evaluated = bench_jax_eval(setup, host_batches, budget, labels)
+        evaluated = bench_jax_eval(steps, host_batches, budget, labels)
         if dtype == "float32":
             figures.update(train=trained, eval=evaluated)
     if torch_ref is not None:
@@ -389,7 +387,7 @@ def main(argv: list[str]) -> None:
     torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value)
     emit_setup(added, torch_ref)
     if torch_ref is not None:
-        torch_ref.check(model_lib.from_config(base_config().model))
+        torch_ref.check(models.create(base_config().model))
     budget, start = Budget(_MAX_SECONDS.value, _STEPS.value), time.perf_counter()
     for size in sorted(map(int, _SIZES.value)):
         for batch_size in sorted(map(int, _BATCHES.value)):

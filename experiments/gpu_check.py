@@ -6,7 +6,7 @@
 
 GPU time comes in short, rare leases, so this runs unattended within a time
 limit and prints one JSON line per figure (BENCHMARKS.md lists them): train
-and eval img/s of ``hpajax.train``'s steps on a device-resident batch and
+and eval img/s of ``hpajax.steps``' jitted steps on a device-resident batch and
 through the real loop, compile seconds, peak device memory, Grain samples/s,
 and the PyTorch reference where torch imports. Each configuration is a
 subprocess of its own (this script with ``--one``), so an out-of-memory
@@ -33,12 +33,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 if TYPE_CHECKING:  # imported in the children that need them
-    from experiments.bench_train import Budget
-    from hpajax.train import Setup
+    from bench_train import Budget  # siblings: the script's folder is on sys.path
+    from hpajax.data.run_data import RunData
+    from hpajax.steps import Steps
 
 CHANNELS = 4  # the base config's four channels
 SEED = 0
@@ -142,12 +140,12 @@ def child_store(args: argparse.Namespace) -> None:
 
 def child_pipeline(args: argparse.Namespace, workers: int) -> None:
     """Samples/s of the Grain training pipeline alone."""
-    from experiments import bench_data
-    from hpajax.data import pipeline
+    import bench_data
+    from hpajax.data import pipeline, run_data
 
     batch = min(int_list(args.batches))
-    ds = pipeline.train_dataset(store_path(args), None, batch_size=batch, seed=SEED,
-                                num_workers=workers)
+    ds = pipeline.train_dataset(run_data.whole_store(str(store_path(args))).sources,
+                                batch_size=batch, seed=SEED, num_workers=workers)
     rate = bench_data.time_pipeline(ds, batch, args.pipeline_batches)
     emit(figure="pipeline", workers=workers, batch=batch, size=args.size,
          batches=args.pipeline_batches, samples_per_s=rate)
@@ -182,33 +180,30 @@ def jax_memory(after: str, labels: dict) -> None:
          bytes_limit=None if stats is None else stats.get("bytes_limit"))
 
 
-def jax_setup(args: argparse.Namespace, dtype: str, batch: int) -> Setup:
-    """``hpajax.train``'s setup for one dtype and batch, over the store if it exists."""
-    import numpy as np
-
-    from experiments import bench_train
-    from hpajax import train
+def jax_steps(args: argparse.Namespace, dtype: str, batch: int) -> Steps:
+    """The trainer's jitted steps for one dtype and batch."""
+    import bench_train
+    from hpajax import steps as steps_lib
 
     config = bench_train.make_config(dtype)
     config.batch_size = config.eval_batch_size = batch
-    store = store_path(args) if (store_path(args) / "metadata.json").is_file() else None
-    indices = None if store is None else np.arange(args.num_samples)
-    return train.build_setup(config, train.make_mesh(batch), (args.size, args.size, CHANNELS),
-                             store, indices)
+    return steps_lib.build(config, steps_lib.make_mesh(batch), (args.size, args.size, CHANNELS))
 
 
-def loop_train(setup: Setup, budget: Budget, labels: dict, workers: int) -> None:
+def loop_train(steps: Steps, data: RunData, budget: Budget, labels: dict,
+               workers: int) -> None:
     """Train img/s of the real loop: Grain batches -> ``to_device`` -> train step."""
-    from experiments import bench_train
-    from hpajax import train
+    import bench_train
+    from hpajax import inference
+    from hpajax import steps as steps_lib
 
-    state, acc = train.init_state(setup), train.zero_acc(setup)
-    batches = iter(train.train_batches(setup, SEED, workers))
+    state, sums = steps_lib.init_state(steps), steps_lib.zero_sums(steps)
+    batches = iter(inference.train_batches(steps.config, data, SEED, workers))
 
     def step() -> Any:
-        nonlocal state, acc
-        state, acc = setup.train_step(state, train.to_device(setup, next(batches)), acc)
-        return acc
+        nonlocal state, sums
+        state, sums = steps.train(state, steps_lib.to_device(steps, next(batches)), sums)
+        return sums
 
     bench_train.timed(step)  # starts the pipeline (and its workers)
     kind = ("jax", "loop_train", labels["dtype"])
@@ -216,15 +211,16 @@ def loop_train(setup: Setup, budget: Budget, labels: dict, workers: int) -> None
     bench_train.emit(figure="train", impl="jax", **labels, workers=workers, **figures)
 
 
-def loop_eval(setup: Setup, labels: dict) -> None:
-    """Eval img/s of ``train.predict`` over the whole store (its second pass)."""
-    from experiments import bench_train
-    from hpajax import train
+def loop_eval(steps: Steps, data: RunData, labels: dict) -> None:
+    """Eval img/s of ``inference.predict`` over the whole store (its second pass)."""
+    import bench_train
+    from hpajax import inference
+    from hpajax import steps as steps_lib
 
-    state = train.init_state(setup)
-    train.predict(setup, state, setup.store_path)
-    seconds, cores = bench_train.timed(lambda: train.predict(setup, state, setup.store_path))
-    n = len(setup.train_indices)
+    state = steps_lib.init_state(steps)
+    inference.predict(steps, state, data.store)
+    seconds, cores = bench_train.timed(lambda: inference.predict(steps, state, data.store))
+    n = len(data.store)
     bench_train.emit(figure="eval", impl="jax", **labels, img_per_s=n / seconds,
                      seconds=seconds, samples=n, **cores)
 
@@ -233,32 +229,34 @@ def child_jax(args: argparse.Namespace, dtype: str, batch: int) -> None:
     """Eval, train (device-resident batch), then the same through the real loop."""
     import numpy as np
 
-    from experiments import bench_train
+    import bench_train
     from hpajax import xla_defaults
+    from hpajax.data import run_data
 
     xla_defaults.apply_cpu_defaults()
-    setup = jax_setup(args, dtype, batch)
+    steps = jax_steps(args, dtype, batch)
     rng = np.random.default_rng(SEED)
     host = [bench_train.host_batch(rng, batch, args.size, CHANNELS) for _ in range(2)]
     budget = bench_train.Budget(args.max_seconds, args.steps)
     labels = {"size": args.size, "batch": batch, "dtype": dtype, "channels": CHANNELS}
     device = {**labels, "path": "device"}
     # Eval first: its peak memory is then its own; train's peak includes eval's.
-    evaluated = guarded(lambda: bench_train.bench_jax_eval(setup, host, budget, device),
+    evaluated = guarded(lambda: bench_train.bench_jax_eval(steps, host, budget, device),
                         "eval", device)
     jax_memory("eval", device)
-    trained = guarded(lambda: bench_train.bench_jax_train(setup, host, budget, device,
-                                                              augment_on=True),
+    trained = guarded(lambda: bench_train.bench_jax_train(steps, host, budget, device,
+                                                          augment_on=True),
                       "train", device)
     jax_memory("train", device)
     del host
     loop = {**labels, "path": "loop"}
-    if setup.store_path is None:
+    if not (store_path(args) / "metadata.json").is_file():
         emit(figure="skip", what="loop", **loop, reason="no store (its configuration failed)")
         return
-    for step, done, run in (("train", trained, lambda: loop_train(setup, budget, loop,
+    data = run_data.whole_store(str(store_path(args)))
+    for step, done, run in (("train", trained, lambda: loop_train(steps, data, budget, loop,
                                                                   args.loop_workers)),
-                            ("eval", evaluated, lambda: loop_eval(setup, loop))):
+                            ("eval", evaluated, lambda: loop_eval(steps, data, loop))):
         if done is None:
             emit(figure="skip", what=step, **loop, reason="its device step was skipped")
         else:
@@ -284,8 +282,8 @@ def child_torch(args: argparse.Namespace, dtype: str, batch: int) -> None:
     import numpy as np
     import torch
 
-    from experiments import bench_train
-    from experiments import torch_reference as ref
+    import bench_train
+    import torch_reference as ref
     from hpajax.config import base_config
 
     cuda = torch.cuda.is_available()
@@ -375,7 +373,7 @@ def configurations(args: argparse.Namespace) -> list[str]:
 def child_env(workdir: str) -> dict[str, str]:
     """The children's environment: JAX's GPU memory share (unless set) and a
     compilation cache of this run's own, so that a child compiles each program
-    once (``train.init_state`` compiles ``model.init`` anew on every call) while
+    once (``steps.init_state`` compiles ``model.init`` anew on every call) while
     every ``compile`` figure stays a real compilation."""
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", MEM_FRACTION)

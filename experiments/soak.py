@@ -25,10 +25,9 @@ import time
 
 from absl import app, flags
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hpajax import demo
 
-from hpajax import demo  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where the store and both runs go.")
 _KILLS = flags.DEFINE_integer("kills", 10, "Kills to survive.")

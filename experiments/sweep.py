@@ -27,15 +27,12 @@ import io
 import os
 import pathlib
 import runpy
-import sys
 
 import ml_collections
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from hpajax import demo, logs, predict, train, xla_defaults  # noqa: E402
-from hpajax.files import write_atomic  # noqa: E402
+from hpajax import commands, demo, logs, train, xla_defaults
+from hpajax.files import write_atomic
 
 _STORE = flags.DEFINE_string("store", None, "Converted store (default with --quick: a synthetic "
                              "one made in WORKDIR/data).")
@@ -73,9 +70,10 @@ def runs(sweeps: list[str], quick: bool) -> dict[str, ml_collections.ConfigDict]
     return named
 
 
-def load_config(name: str, arg: int) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of ``configs/NAME.py``, as ``--config=...py:ARG`` loads it."""
-    return runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"](str(arg))
+def load_config(name: str, arg: int | None = None) -> ml_collections.ConfigDict:
+    """``get_config([arg])`` of ``configs/NAME.py``, as ``--config=...py[:ARG]`` loads it."""
+    get_config = runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"]
+    return get_config() if arg is None else get_config(str(arg))
 
 
 def adjust(config: ml_collections.ConfigDict, store: str, quick: bool, steps: int | None,
@@ -83,7 +81,8 @@ def adjust(config: ml_collections.ConfigDict, store: str, quick: bool, steps: in
     """Points a config at the store; --quick: CPU-sized batch, steps and evaluations."""
     config.data.store = store
     if narrow:
-        config.model.filters, config.model.head = (8, 16, 32, 64), (32, 16)
+        tiny = load_config("tiny").model
+        config.model.filters, config.model.head = tiny.filters, tiny.head
     if quick:
         config.batch_size, config.eval_batch_size = 8, 32
         config.total_steps, config.log_every = 40, 10
@@ -148,8 +147,8 @@ def main(argv: list[str]) -> None:
         print(f"== {name}: input {config.data.input_size} px, kernel "
               f"{config.model.kernel_size}, in {run_dir}", flush=True)
         train.train_and_evaluate(config, str(run_dir))
-        metrics = predict.evaluate_run(run_dir, seed_thresholds=False,
-                                       draw_figures=_FIGURES.value)
+        metrics = commands.evaluate_command(run_dir, seed_thresholds=False,
+                                            draw_figures=_FIGURES.value)
         results[name] = {"size": config.data.input_size, "kernel": config.model.kernel_size,
                          "metrics": metrics, "rows": per_class_rows(run_dir / "report")}
     md, table = comparison(results)

@@ -1,6 +1,6 @@
 """PyTorch reference of hpajax's seed CNN and training step, for benchmarks only.
 
-The same network as ``hpajax.model.SeedCNN``: four blocks of two
+The same network as ``hpajax.models.seed_cnn.SeedCNN``: four blocks of two
 ``Conv k×k (VALID, no bias) -> BatchNorm -> ReLU`` and a 2×2 max-pool, the
 global average of every block's pooled output concatenated (480 values),
 then ``Linear 512 -> BN -> ReLU -> Linear 256 -> BN -> ReLU -> Linear 28``.
@@ -132,7 +132,7 @@ def _copy_bn(bn: nn.Module, params: Mapping, stats: Mapping) -> None:
 
 
 def load_flax_variables(model: SeedCNN, variables: Mapping[str, Any]) -> None:
-    """Copies ``hpajax.model.SeedCNN`` variables (``params``, ``batch_stats``) in.
+    """Copies ``hpajax.models.seed_cnn.SeedCNN`` variables (``params``, ``batch_stats``) in.
 
     Conv kernels go HWIO -> OIHW and dense kernels [in, out] -> [out, in].
     """

@@ -2,85 +2,42 @@
 
 ``augment(key, images, cfg)`` turns a uint8 batch [B, H, W, C] into float32
 in [0, 1], as the seed paper feeds its network (``to_float`` does the same
-for evaluation), and applies per sample, with no host-side Python:
+for evaluation), and applies per sample, with no host-side Python, the ops
+that ``cfg`` (the ``augment`` block of ``hpajax.config.base_config()``)
+switches on:
 
-- rotation by an angle drawn from U[-max_angle, max_angle] degrees. This is
-  Keras ``rotation_range`` semantics; the seed's 270 covers every
-  orientation, angles in [90, 270] twice as often as the rest
-  (``max_angle=180`` makes all orientations equally likely);
-- zoom by one factor z ~ U[zoom_range] for both axes (z > 1 magnifies), so
-  cells keep their aspect ratio;
+- rotation by an angle drawn from U[-max_angle, max_angle] degrees (Keras
+  ``rotation_range``: the seed's 270 covers every orientation, [90, 270]
+  twice as often as the rest; ``max_angle=180`` makes all equally likely);
+- zoom by one factor z ~ U[zoom_range] for both axes (z > 1 magnifies);
 - horizontal and vertical flips, each with probability 0.5;
 - brightness: multiply every channel by one factor f ~ U[brightness_range],
   add one offset u ~ U[-brightness_shift, brightness_shift], clip to [0, 1].
 
 Rotation, zoom and flips form one affine map about the image center per
-sample, applied in a single bilinear pass; points that map outside the image
-read 0, the dark background of HPA fields. Brightness is applied after it.
-
-Brightness and the seed: Keras ``brightness_range=(lo, hi)`` multiplies by a
-factor drawn from U[lo, hi] (PIL ``ImageEnhance.Brightness``), which is
-``brightness_range`` here. The seed's "0-0.5" taken literally would darken
-every training image by 75 % on average (and black some out) while
-evaluation images stay unchanged, so the default reads it as a change of up
-to +-0.5: f ~ U[0.5, 1.5]; set ``brightness_range=(0.0, 0.5)`` for the
-literal reading. Keras also stretches each image to a maximum of 255 before
-(``array_to_img(scale=True)``); that is not reproduced, as it would make
-training inputs differ from evaluation inputs. Keras brightness has no
-additive term and the seed used no channel shift, so ``brightness_shift``
-defaults to 0; on images whose mean is about 0.07 even a shift of 0.05 would
-lift the black background to the level of cell signal.
+sample, applied in a single bilinear pass (``sample_affine``); points that
+map outside the image read 0, the dark background of HPA fields. Brightness
+is applied after it. ``_brightness`` says how the seed's range is read.
 
 Randomness: ``jax.random.split(key, B)`` gives sample ``i`` its own key and
 each op a fixed subkey of it, so the same (key, batch) gives the same output
 whatever the device count or sharding, and switching one op off leaves the
 others' draws unchanged.
 
-Sampler choice: ``sample_affine``, a hand-written 4-tap gather on the
-flattened image with all channels at once, is 1.4x as fast as
-``jax.scipy.ndimage.map_coordinates(order=1)`` vmapped over samples and
-channels, with identical output: 318-337 against 224-231 img/s (jitted,
-warm, 32 x 512^2 x 4, 2-core CPU, median of 15). The gather must not use
-``jnp.take``'s default ``mode="fill"``, which halves its speed.
-
-``save_grid`` and ``write_augmentation_grid`` write PNGs of what the model
-sees.
+Why a hand-written sampler: see BENCHMARKS.md, section "Measurements behind
+the defaults".
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pathlib
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from PIL import Image, ImageDraw
-
-from hpajax.data import open_store
-from hpajax.display import composite_rgb, stretch_to_uint8
 
 _UINT8_TO_UNIT = 1.0 / 255.0  # a multiply, not a divide: XLA may rewrite x / 255
 # as x * (1 / 255) in one compiled context and not in another
-_GRID_LINE = 64  # gray level of the 1 px line between tiles
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The seed paper's augmentation, every op on (see the module docstring)."""
-    return ml_collections.ConfigDict({
-        "rotate": True,
-        "max_angle": 270.0,  # degrees; angle ~ U[-max_angle, max_angle]
-        "zoom": True,
-        "zoom_range": (0.8, 1.2),  # z ~ U[lo, hi]; z > 1 magnifies
-        "brightness": True,
-        "brightness_range": (0.5, 1.5),  # factor ~ U[lo, hi]
-        "brightness_shift": 0.0,  # offset ~ U[-s, s], in [0, 1] units
-        "hflip": True,
-        "vflip": True,
-    })
 
 
 def _check_uint8(images: jax.Array) -> None:
@@ -118,7 +75,8 @@ def sample_affine(image: jax.Array, matrix: jax.Array, offset: jax.Array) -> jax
 
     Gathers the 4 neighbours of every output pixel from the flattened image,
     all channels at once; a neighbour outside the image counts as 0. Returns
-    float32 in the input's units (0-255 for uint8).
+    float32 in the input's units (0-255 for uint8). The gather uses
+    ``mode="clip"``: ``jnp.take``'s default ``"fill"`` is much slower.
     """
     height, width, channels = image.shape
     rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
@@ -166,7 +124,18 @@ def _random_affine(key: jax.Array, cfg: ml_collections.ConfigDict,
 
 def _brightness(key: jax.Array, image: jax.Array,
                 cfg: ml_collections.ConfigDict) -> jax.Array:
-    """``clip(image * f + u, 0, 1)``, one f and u per sample, all channels alike."""
+    """``clip(image * f + u, 0, 1)``, one f and u per sample, all channels alike.
+
+    Keras ``brightness_range=(lo, hi)`` multiplies by f ~ U[lo, hi]. The
+    seed's "0-0.5" taken literally would darken every training image by 75 %
+    on average while evaluation images stay unchanged, so the default reads
+    it as a change of up to +-0.5, f ~ U[0.5, 1.5] (``(0.0, 0.5)`` is the
+    literal reading). Keras' stretch of each image to a maximum of 255 is
+    left out: training inputs would differ from evaluation inputs. The seed
+    used no additive shift, and on images with a mean of about 0.07 even
+    0.05 would lift the black background to the level of cell signal, so
+    ``brightness_shift`` defaults to 0.
+    """
     k_scale, k_shift = jax.random.split(key)
     lo, hi = cfg.brightness_range
     scale = jax.random.uniform(k_scale, (), minval=lo, maxval=hi)
@@ -194,76 +163,10 @@ def augment(key: jax.Array, images: jax.Array,
     """Randomly augments a uint8 batch [B, H, W, C] into float32 [0, 1].
 
     ``key`` is e.g. ``jax.random.fold_in(base_key, step)``; sample ``i`` uses
-    ``jax.random.split(key, B)[i]``. ``cfg`` (``default_config()`` or any
+    ``jax.random.split(key, B)[i]``. ``cfg`` (``config.augment`` or any
     object with its attributes) is read in Python at trace time, so it acts
     as static configuration under ``jax.jit``.
     """
     _check_uint8(images)
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda k, image: _augment_one(k, image, cfg))(keys, images)
-
-
-def _label_tiles(canvas: Image.Image, labels: Sequence[str], tile: tuple[int, int],
-                 num_cols: int) -> None:
-    """Writes each tile's label in its top-left corner, white on black."""
-    draw = ImageDraw.Draw(canvas)
-    height, width = tile
-    for i, text in enumerate(labels):
-        x, y = (i % num_cols) * width + 2, (i // num_cols) * height + 1
-        draw.rectangle(draw.textbbox((x, y), text), fill=(0, 0, 0))
-        draw.text((x, y), text, fill=(255, 255, 255))
-
-
-def save_grid(path: str | os.PathLike, images: np.ndarray | jax.Array, num_cols: int = 8,
-              labels: Sequence[str] | None = None) -> pathlib.Path:
-    """Writes images [N, H, W, C] as an RGB PNG grid, ``min(num_cols, N)`` tiles wide.
-
-    ``images`` are uint8 or float in [0, 1], with 3 (RGB) or 4 (red, green,
-    blue, yellow) channels, shown as the usual HPA composite and brightened
-    by one gain for the whole grid (see ``display.stretch_to_uint8``). The
-    PNG is exactly tiles x image size; a 1 px gray line marks the tiles' top
-    and left edges.
-    ``labels``, one string per image, are written on the tiles.
-    """
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    num, height, width, _ = images.shape
-    num_cols = min(num_cols, num)
-    num_rows = -(-num // num_cols)
-    rgb = stretch_to_uint8(composite_rgb(images))
-    grid = np.zeros((num_rows * height, num_cols * width, 3), np.uint8)
-    for i, tile in enumerate(rgb):
-        row, col = divmod(i, num_cols)
-        grid[row * height:(row + 1) * height, col * width:(col + 1) * width] = tile
-    grid[::height] = _GRID_LINE
-    grid[:, ::width] = _GRID_LINE
-    canvas = Image.fromarray(grid)
-    if labels is not None:
-        _label_tiles(canvas, labels, (height, width), num_cols)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
-
-
-def write_augmentation_grid(store_path: str | os.PathLike, out_png: str | os.PathLike,
-                            cfg: ml_collections.ConfigDict, num_samples: int = 16,
-                            seed: int = 0) -> pathlib.Path:
-    """PNG of a store's first samples, each original followed by its augmented version.
-
-    Four (original, augmented) pairs per row; the original's label gives its
-    index and classes, e.g. ``#3: 0 25``. This is the picture to look at when
-    choosing augmentation settings.
-    """
-    store = open_store(store_path)
-    count = min(num_samples, len(store))
-    originals = store.images[:count].read().result()
-    augmented = np.asarray(jax.jit(lambda k, x: augment(k, x, cfg))(
-        jax.random.key(seed), originals))
-    tiles = np.stack([to_float(originals), augmented], axis=1).reshape(-1, *originals.shape[1:])
-    labels = []
-    for i in range(count):
-        names = "" if store.labels is None else " ".join(map(str, np.flatnonzero(store.labels[i])))
-        labels += [f"#{i}: {names}", "augmented"]
-    return save_grid(out_png, tiles, num_cols=8, labels=labels)

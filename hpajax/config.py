@@ -1,12 +1,13 @@
-"""The base training config every file in ``experiments/configs`` starts from.
+"""The training configs' shared blocks, as plain data (imports only ml_collections).
 
-Each field is documented where it is set; config files override a few and
-the command line any (``--config.batch_size=8``).
+``experiments/configs/*.py`` start from ``base_config()`` (the seed paper's
+runs from ``paper_config()``), and the built-in demo trains with
+``demo_config()``. Each field is documented where it is set; the command line
+overrides any (``--config.batch_size=8``). Saved ``config.json`` files and
+resume checks rely on these names and defaults.
 """
 
 import ml_collections
-
-from hpajax import augment
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.skip_nonfinite = False  # NaN/Inf loss or gradient: stop (False) or skip the step
 
     c.model = ml_collections.ConfigDict()
+    c.model.name = "seed_cnn"  # the seed paper's CNN, the only model today (backbones come later)
     c.model.kernel_size = 3
     c.model.filters = (32, 64, 128, 256)
     c.model.head = (512, 256)
@@ -50,7 +52,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.focal_gamma = 2.0
     c.pos_weight = False  # weight positives by the training split's negative/positive ratio
 
-    c.augment = augment.default_config()
+    # On-device augmentation (hpajax/augment.py): the seed paper's, every op on.
+    c.augment = ml_collections.ConfigDict()
+    c.augment.rotate = True
+    c.augment.max_angle = 270.0  # degrees; angle ~ U[-max_angle, max_angle]
+    c.augment.zoom = True
+    c.augment.zoom_range = (0.8, 1.2)  # z ~ U[lo, hi]; z > 1 magnifies
+    c.augment.brightness = True
+    c.augment.brightness_range = (0.5, 1.5)  # factor ~ U[lo, hi]
+    c.augment.brightness_shift = 0.0  # offset ~ U[-s, s], in [0, 1] units
+    c.augment.hflip = True
+    c.augment.vflip = True
     return c
 
 
@@ -64,4 +76,18 @@ def paper_config() -> ml_collections.ConfigDict:
     # One evaluation per epoch of the 80 % training share of 31,072 samples.
     c.eval_every = c.checkpoint_every = 777
     c.total_steps = 50 * 777
+    return c
+
+
+def demo_config() -> ml_collections.ConfigDict:
+    """The built-in demo's run (``hpajax.main demo``): a few minutes on a 2-core CPU.
+
+    The demo sets ``data.store`` to the synthetic store it makes.
+    """
+    c = base_config()
+    c.batch_size = 16  # half the base batch, for the CPU
+    c.total_steps = 600  # the demo's --train_steps overrides it
+    c.log_every = 25
+    c.eval_every = c.checkpoint_every = 100
+    c.bn_recalibration_batches = 10
     return c

@@ -15,19 +15,15 @@ import time
 import ml_collections
 
 from hpajax import config as config_lib
-from hpajax import predict, synthetic, train
+from hpajax import commands, synthetic, train
 from hpajax.data import convert, open_store, split, summary
 
 
 def demo_config(store: pathlib.Path, train_steps: int | None) -> ml_collections.ConfigDict:
-    """The base config, sized for a few minutes on a 2-core CPU."""
-    c = config_lib.base_config()
+    """``config.demo_config()`` on ``store``; ``train_steps`` (if given) replaces its 600."""
+    c = config_lib.demo_config()
     c.data.store = str(store)
-    c.batch_size = 16
-    c.total_steps = train_steps or 600
-    c.log_every = 25
-    c.eval_every = c.checkpoint_every = 100
-    c.bn_recalibration_batches = 10
+    c.total_steps = train_steps or c.total_steps
     return c
 
 
@@ -67,7 +63,7 @@ def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int
     print(f"[4/5] training {config.total_steps} steps in {run_dir}")
     train.train_and_evaluate(config, str(run_dir))
     print(f"[5/5] evaluating the best checkpoint into {run_dir / 'report'}")
-    metrics = predict.evaluate_run(run_dir)
+    metrics = commands.evaluate_command(run_dir)
     test = metrics[config.data.test_part]
     print(f"test split, best checkpoint (step {metrics['step']}): macro-F1 "
           f"{test['threshold_0.5']['macro_f1']:.3f} at threshold 0.5, "

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import demo, distributed, logs, predict, preemption, train, xla_defaults
+from hpajax import commands, demo, distributed, logs, preemption, train, xla_defaults
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
@@ -84,14 +84,15 @@ def run(command: str) -> None:
             raise app.UsageError("train needs --config=experiments/configs/NAME.py")
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif command == "evaluate":
-        predict.evaluate_run(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds)
+        commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds)
     else:
         if FLAGS.input is None:
             raise app.UsageError("predict needs --input=STORE_OR_PNG_DIR")
-        predict.predict_to_dir(FLAGS.workdir, FLAGS.input,
-                               FLAGS.output_dir or os.path.join(FLAGS.workdir, "predictions"),
-                               step=FLAGS.step, ids_csv=FLAGS.ids_csv,
-                               at_least_one=FLAGS.at_least_one, workers=FLAGS.workers)
+        commands.predict_command(FLAGS.workdir, FLAGS.input,
+                                 FLAGS.output_dir or os.path.join(FLAGS.workdir, "predictions"),
+                                 step=FLAGS.step, ids_csv=FLAGS.ids_csv,
+                                 at_least_one=FLAGS.at_least_one, workers=FLAGS.workers)
+
 
 if __name__ == "__main__":
     app.run(main)

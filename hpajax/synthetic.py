@@ -832,11 +832,10 @@ def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def _png(plane: np.ndarray) -> bytes:
     """An 8-bit grayscale PNG of a uint8 [H, W] plane.
 
-    Every row uses PNG's "Sub" filter, deflated at zlib level 1: ~3 ms per
-    512 px plane against ~6-10 ms for PIL's per-row filter search, and, like
-    the real Kaggle PNGs (adaptive Sub/Up/Paeth rows), ~1.5 ms to decode with
-    Pillow at a similar size, so data-path benchmarks on synthetic sets see
-    the real decoding cost.
+    Every row uses PNG's "Sub" filter, deflated at zlib level 1: faster to
+    write than PIL's per-row filter search and, like the real Kaggle PNGs,
+    as costly to decode, so data-path benchmarks on synthetic sets see the
+    real decoding cost (BENCHMARKS.md, "Measurements behind the defaults").
     """
     height, width = plane.shape
     rows = np.empty((height, width + 1), np.uint8)

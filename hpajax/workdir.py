@@ -12,21 +12,20 @@ only process 0 writes (``write``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
 import tempfile
 
 import ml_collections
-import numpy as np
-
-from hpajax.data.store import Store
 from hpajax.files import write_atomic, write_json
 
 CONFIG = "config.json"
 DATA = "data.json"
 SHAPE_FIELDS = ("model", "data.channels", "data.input_size")
+# Fields added to the config since the first saved config.json, with the value
+# a config without them meant: older workdirs load, resume and evaluate as before.
+ADDED_FIELDS = {"model.name": "seed_cnn"}
 
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:
@@ -47,7 +46,18 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG} in {workdir}: not a training workdir")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(_with_added_fields(json.loads(path.read_text())))
+
+
+def _with_added_fields(saved: dict) -> dict:
+    """A saved config with the fields added since, at the value their absence meant."""
+    for dotted, value in ADDED_FIELDS.items():
+        *parents, name = dotted.split(".")
+        tree = saved
+        for key in parents:
+            tree = tree.setdefault(key, {})
+        tree.setdefault(name, value)
+    return saved
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -56,7 +66,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     path = workdir / CONFIG
     text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
     if resuming and path.is_file():
-        _check_same_shape(json.loads(path.read_text()), json.loads(text), workdir)
+        _check_same_shape(_with_added_fields(json.loads(path.read_text())), json.loads(text),
+                          workdir)
     if not write:
         return
     if path.exists() and path.read_text() != text:
@@ -86,14 +97,6 @@ def _check_same_shape(saved: dict, new: dict, workdir: pathlib.Path) -> None:
                     f"config.{name}={new_values.get(name)!r} does not match the checkpoints "
                     f"in {workdir}, trained with {old_values.get(name)!r}; keep the saved "
                     f"value or start a new --workdir")
-
-
-def data_fingerprint(store: Store, train_indices: np.ndarray) -> dict:
-    """What the data order depends on: the store's Ids and the training split."""
-    return {"store": str(store.path), "samples": len(store.ids),
-            "ids_sha256": hashlib.sha256("\n".join(store.ids).encode()).hexdigest(),
-            "train_split_sha256": hashlib.sha256(
-                np.asarray(train_indices, np.int64).tobytes()).hexdigest()}
 
 
 def check_data(workdir: pathlib.Path, fingerprint: dict, resuming: bool,

@@ -5,16 +5,9 @@ jaxlib 0.10's XLA:CPU hands every convolution and dot to YNNPACK (the
 default, next to ``reduce``, although the flag's help says the default list
 is empty), and YNNPACK is slow at this model's convolutions, above all their
 weight gradients. Taking those two types out of the list (``reduce`` stays:
-it helps the BatchNorm statistics) gave, for the full SeedCNN in float32 on
-the 2-core development VM:
-
-  train step, batch 8:   21 -> 57 img/s
-  inference, batch 32:   42 -> 226 img/s at 128 px, 9.8 -> 47 at 256 px
-
-No other flag tried moved these by more than the noise (about 5 %):
-``-individual_convolution`` alone ties, all YNN fusions off is 12 % slower
-to train; ``xla_cpu_multi_thread_eigen``, oneDNN, XNNPACK graph fusion and
-``xla_cpu_use_thunk_runtime=false`` (no longer supported) gain nothing.
+it helps the BatchNorm statistics) makes the model's training and inference
+steps several times faster on the CPU; no other flag tried did better. The
+measurements: see BENCHMARKS.md, section "Measurements behind the defaults".
 
 Call ``apply_cpu_defaults()`` before the first JAX computation, e.g. at the
 top of a ``main``. Importing jax, flax and optax first is fine: XLA reads

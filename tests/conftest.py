@@ -46,7 +46,7 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # files to its workers in collection order, so starting with these keeps a
 # worker from picking up a long file near the end while the other idles.
 _SLOWEST_FIRST = ("test_faults.py", "test_sweep.py", "test_multihost.py", "test_demo.py",
-                  "test_train.py", "test_predict.py", "test_model.py", "test_gpu_check.py")
+                  "test_train.py", "test_commands.py", "test_model.py", "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:

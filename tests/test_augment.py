@@ -1,16 +1,19 @@
-"""Tests of the on-device augmentation (hpajax.augment) and its PNG grids."""
+"""Tests of the on-device augmentation (hpajax.augment) and tools/augmentation_grid.py."""
 
 import math
+import subprocess
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import PYTHON, REPO
 from jax.scipy import ndimage
 from PIL import Image
 
 from hpajax import augment, synthetic
+from hpajax.config import base_config
 from hpajax.data.store import write_store
 
 SIZE = 32
@@ -27,7 +30,7 @@ def images() -> np.ndarray:
 
 def only(*ops, **fields):
     """The default config with only ``ops`` switched on, then ``fields`` set."""
-    cfg = augment.default_config()
+    cfg = base_config().augment
     for op in OPS:
         cfg[op] = op in ops
     cfg.update(fields)
@@ -57,20 +60,20 @@ def test_all_off_is_to_float(images):
 
 
 def test_dtype_shape_and_range(images):
-    out = run(images, augment.default_config())
+    out = run(images, base_config().augment)
     assert out.dtype == np.float32 and out.shape == images.shape
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_refuses_float_input(images):
     with pytest.raises(ValueError, match="uint8"):
-        augment.augment(jax.random.key(0), images.astype(np.float32), augment.default_config())
+        augment.augment(jax.random.key(0), images.astype(np.float32), base_config().augment)
     with pytest.raises(ValueError, match="uint8"):
         augment.to_float(images.astype(np.float32))
 
 
 def test_deterministic_per_key_and_jit_agrees(images):
-    cfg = augment.default_config()
+    cfg = base_config().augment
     first = run(images, cfg, step=0)
     np.testing.assert_array_equal(first, run(images, cfg, step=0))
     assert not np.allclose(first, run(images, cfg, step=1))
@@ -80,7 +83,7 @@ def test_deterministic_per_key_and_jit_agrees(images):
 
 def test_samples_get_independent_transforms(images):
     twins = np.stack([images[0], images[0]])
-    out = run(twins, augment.default_config())
+    out = run(twins, base_config().augment)
     assert np.abs(out[0] - out[1]).mean() > 0.01
 
 
@@ -165,35 +168,18 @@ def test_brightness_shift_in_range_and_clipped(images):
     assert bright.max() == 1.0 and bright.min() >= 0.0
 
 
-def grid_pixels(path):
-    with Image.open(path) as im:
-        return im.mode, np.asarray(im)
-
-
-@pytest.mark.parametrize("channels", [3, 4])
-@pytest.mark.parametrize("as_float", [False, True])
-def test_save_grid(tmp_path, images, channels, as_float):
-    tiles = images[:5, ..., :channels]
-    tiles = tiles.astype(np.float32) / 255.0 if as_float else tiles
-    path = augment.save_grid(tmp_path / "g" / "grid.png", tiles, num_cols=3,
-                             labels=[f"t{i}" for i in range(5)])
-    mode, pixels = grid_pixels(path)
-    assert mode == "RGB" and pixels.shape == (2 * SIZE, 3 * SIZE, 3)
-    assert pixels[:SIZE].mean() > 20  # stretched: visible, not black
-    assert pixels[SIZE + 1:, 2 * SIZE + 1:].max() == 0  # the empty sixth tile
-
-
-def test_save_grid_stretch_keeps_brightness_differences(tmp_path, images):
-    tiles = np.stack([images[0] // 2, images[0]])
-    _, pixels = grid_pixels(augment.save_grid(tmp_path / "grid.png", tiles))
-    assert pixels[1:, SIZE + 1:].mean() > 1.5 * pixels[1:, 1:SIZE].mean()
-
-
-def test_write_augmentation_grid(tmp_path, images):
+def test_augmentation_grid_tool(tmp_path, images):
+    """The tool draws each of a store's first samples beside its augmented version."""
     labels = np.eye(28, dtype=np.uint8)[:8]
     write_store(tmp_path / "st", images, [f"s{i}" for i in range(8)], labels)
-    path = augment.write_augmentation_grid(tmp_path / "st", tmp_path / "aug.png",
-                                           augment.default_config(), num_samples=6)
-    mode, pixels = grid_pixels(path)
-    assert mode == "RGB" and pixels.shape == (2 * SIZE, 8 * SIZE, 3)
+    out = tmp_path / "aug.png"
+    r = subprocess.run([PYTHON, str(REPO / "tools" / "augmentation_grid.py"),
+                        f"--store={tmp_path / 'st'}", f"--output={out}", "--num_samples=6",
+                        "--config=experiments/configs/tiny.py", "--config.augment.zoom=False"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"wrote {out}" in r.stdout
+    with Image.open(out) as im:
+        mode, pixels = im.mode, np.asarray(im)
+    assert mode == "RGB" and pixels.shape == (2 * SIZE, 8 * SIZE, 3)  # 4 pairs per row
     assert pixels.mean() > 10

@@ -119,6 +119,18 @@ def test_upscaling_is_refused_naming_the_flag(kaggle_set, tmp_path):
     assert "--image_size=64 is larger than the source images (32x32)" in r.stderr
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--input_dir=in"], "--output_dir"),                                    # required
+    (["--input_dir=in", "--output_dir=out", "--format=png"], "--format"),    # not an enum value
+    (["--input_dir=in", "--output_dir=out", "--workers=two"], "--workers"),  # not an integer
+    (["--input_dir=in", "--output_dir=out", "stray"], "unexpected arguments: ['stray']"),
+])
+def test_tool_names_a_missing_or_bad_flag(tmp_path, args, named):
+    r = _tool(*args, cwd=tmp_path)
+    assert r.returncode != 0 and named in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------- real samples
 
 
@@ -328,7 +340,7 @@ def test_open_store_checks_labels_npy(defect, tmp_path):
 # ----------------------------------------------------------- resume
 
 KILLER = r"""
-import os, signal, sys
+import os, runpy, signal, sys
 from hpajax.data import convert, store
 hook, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
@@ -346,10 +358,7 @@ elif hook == "replace": # a progress file written but not yet renamed into place
 else:                   # compacted images written, not yet swapped in
     os.rename = killing(os.rename)
 sys.argv = ["convert"] + sys.argv[3:]
-from absl import app
-sys.path.insert(0, os.path.join(os.getcwd(), "tools"))
-import convert as tool
-app.run(tool.main)
+runpy.run_path("tools/convert.py", run_name="__main__")  # the tool, as a script
 """
 
 

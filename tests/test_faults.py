@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from conftest import PYTHON, REPO, synthetic_store, tiny_config
 
-from hpajax import checkpointing, logs, train
+from hpajax import checkpointing, inference, logs, train
+from hpajax import steps as steps_lib
+from hpajax.data.run_data import open_run_data
 
 SIZE = 80
 STEPS = {"total_steps": 18, "log_every": 2, "eval_every": 6, "checkpoint_every": 3}
@@ -100,16 +102,17 @@ def test_nan_stops_naming_the_step_and_ids_and_keeps_the_last_good_checkpoint(st
     with pytest.raises(FloatingPointError, match=r"step \d+: NaN or Inf .* sample Ids: \w+"):
         train.train_and_evaluate(exploding, str(tmp_path))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
-    setup = train.make_setup(tiny_config(store))
+    config = tiny_config(store)
+    steps = train.build_steps(config, open_run_data(config.data))
     state, _ = checkpointing.Checkpointer(tmp_path / "checkpoints", 3, "macro_f1",
-                                          "max").restore(3, train.init_state(setup))
+                                          "max").restore(3, steps_lib.init_state(steps))
     assert checkpointing.params_sha256(state.params, state.batch_stats) == good[-1]
 
 
 def test_skipping_cannot_hide_diverged_weights(store, tmp_path, capsys):
     exploding = tiny_config(store, **{"optimizer.learning_rate": 1e30, "skip_nonfinite": True})
     with pytest.raises(FloatingPointError, match="step 3: the model's outputs on the "
-                                                 "evaluation split are NaN or Inf"):
+                                                 "validation split are NaN or Inf"):
         train.train_and_evaluate(exploding, str(tmp_path))
     assert "warning: step 2: NaN or Inf in the loss or gradients" in capsys.readouterr().out
     [logged] = [r for r in records(tmp_path) if r["split"] == "train"]
@@ -117,17 +120,19 @@ def test_skipping_cannot_hide_diverged_weights(store, tmp_path, capsys):
 
 
 def test_a_nonfinite_step_is_skipped_and_counted(store):
-    setup = train.make_setup(tiny_config(store))
-    state = train.init_state(setup)
+    config = tiny_config(store)
+    data = open_run_data(config.data)
+    steps = train.build_steps(config, data)
+    state = steps_lib.init_state(steps)
     kernel = state.params["block1_conv1"]["kernel"]
     params = {**state.params, "block1_conv1": {"kernel": kernel.at[0, 0, 0, 0].set(jnp.nan)}}
-    state = jax.device_put(state.replace(params=params), setup.replicated)
+    state = jax.device_put(state.replace(params=params), steps.replicated)
     before = jax.device_get(state)
-    batch = next(iter(train.train_batches(setup, seed=0)))
-    after, acc = setup.train_step(state, train.to_device(setup, batch), train.zero_acc(setup))
-    after, acc = jax.device_get((after, acc))
-    assert int(acc["nonfinite"]) == 1 and int(acc["first_nonfinite"]) == 1
-    assert int(acc["steps"]) == 0 and float(acc["loss"]) == 0.0
+    batch = next(iter(inference.train_batches(config, data, seed=0)))
+    after, sums = steps.train(state, steps_lib.to_device(steps, batch), steps_lib.zero_sums(steps))
+    after, sums = jax.device_get((after, sums))
+    assert int(sums["nonfinite"]) == 1 and int(sums["first_nonfinite"]) == 1
+    assert int(sums["steps"]) == 0 and float(sums["loss"]) == 0.0
     assert int(after.step) == 1  # the data order moves on
     same = jax.tree.map(lambda a, b: np.array_equal(a, b, equal_nan=True),
                         (after.params, after.opt_state), (before.params, before.opt_state))

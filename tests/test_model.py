@@ -1,4 +1,4 @@
-"""Tests for hpajax.model (the seed CNN, its BatchNorm and pool) and hpajax.xla_defaults."""
+"""hpajax.models (the seed CNN, its layers, the registry) and hpajax.xla_defaults."""
 
 import os
 import subprocess
@@ -11,7 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpajax import model, xla_defaults
+from hpajax import models, xla_defaults
+from hpajax.models import layers
+from hpajax.models import seed_cnn as model
 from conftest import REPO
 
 K3_SIZE = model.min_input_size(3)  # 76 px, the smallest (fastest) input for kernel 3
@@ -33,8 +35,8 @@ def test_param_counts_match_seed_table3():
     """3-channel kernel-3 model: the seed's Table 3 per layer, minus conv biases."""
     x = jax.ShapeDtypeStruct((1, K3_SIZE, K3_SIZE, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.SeedCNN().init(jax.random.key(0), x, train=False), x)
-    params = model.param_counts(variables["params"])
-    stats = model.param_counts(variables["batch_stats"])
+    params = models.param_counts(variables["params"])
+    stats = models.param_counts(variables["batch_stats"])
     convs = {f"block{b}_conv{c}": params[f"block{b}_conv{c}"] for b in (1, 2, 3, 4) for c in (1, 2)}
     assert list(convs.values()) == [864, 9_216, 18_432, 36_864, 73_728, 147_456, 294_912, 589_824]
     assert [params["dense1"], params["dense2"], params["logits"]] == [245_760, 131_072, 7_168 + 28]
@@ -93,14 +95,20 @@ def test_bfloat16_keeps_float32_params_stats_and_logits():
     np.testing.assert_allclose(logits16, logits32, atol=0.02 * float(jnp.abs(logits32).max()))
 
 
-def test_from_config():
-    cfg = ml_collections.ConfigDict(
-        {"kernel_size": 5, "filters": [8, 16, 16, 32], "head": [64, 32], "dtype": "bfloat16"})
-    net = model.from_config(cfg)
+def test_create_builds_the_named_model_from_its_config():
+    cfg = ml_collections.ConfigDict({"name": "seed_cnn", "kernel_size": 5,
+                                     "filters": [8, 16, 16, 32], "head": [64, 32],
+                                     "dtype": "bfloat16"})
+    net = models.create(cfg)
+    assert isinstance(net, model.SeedCNN)
     assert (net.kernel_size, net.filters, net.head, net.dtype) == (5, (8, 16, 16, 32), (64, 32),
                                                                    jnp.bfloat16)
+    del cfg["name"]  # a config.json written before model.name: the seed CNN
+    assert isinstance(models.create(cfg), model.SeedCNN)
     with pytest.raises(ValueError, match="float16"):
-        model.from_config(ml_collections.ConfigDict(dict(cfg, dtype="float16")))
+        models.create(ml_collections.ConfigDict(dict(cfg, dtype="float16")))
+    with pytest.raises(ValueError, match="config.model.name='resnet9'.*seed_cnn"):
+        models.create(ml_collections.ConfigDict(dict(cfg, name="resnet9")))
 
 
 def test_pool_equals_flax_max_pool():
@@ -111,14 +119,14 @@ def test_pool_equals_flax_max_pool():
     def flax_pool(x):
         return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
-    np.testing.assert_array_equal(model.max_pool_2x2(x), flax_pool(x))
-    grads = [jax.grad(lambda x: (pool(x) * weights).sum())(x) for pool in (model.max_pool_2x2, flax_pool)]
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_pool(x))
+    grads = [jax.grad(lambda x: (pool(x) * weights).sum())(x) for pool in (layers.max_pool_2x2, flax_pool)]
     np.testing.assert_array_equal(*grads)
 
 
 def test_pool_splits_gradient_between_ties():
     """Documented difference from nn.max_pool: an all-equal window shares its gradient."""
-    grad = jax.grad(lambda x: model.max_pool_2x2(x).sum())(jnp.ones((1, 2, 2, 1)))
+    grad = jax.grad(lambda x: layers.max_pool_2x2(x).sum())(jnp.ones((1, 2, 2, 1)))
     np.testing.assert_array_equal(grad, np.full((1, 2, 2, 1), 0.25))
 
 
@@ -169,7 +177,7 @@ def test_batch_norm_relu_equals_flax_batch_norm_then_relu(shape, train):
     x = 0.5 + jax.random.normal(jax.random.key(4), shape)
     cotangent = jax.random.normal(jax.random.key(5), shape)
     variables = _batch_norm_variables(shape[-1])
-    ours = lambda v, x: model.BatchNormReLU(use_running_average=not train).apply(  # noqa: E731
+    ours = lambda v, x: layers.BatchNormReLU(use_running_average=not train).apply(  # noqa: E731
         v, x, mutable=["batch_stats"])
     results = []
     for fn in (ours, _flax_batch_norm_relu(train)):
@@ -186,7 +194,7 @@ def test_batch_norm_relu_equals_flax_batch_norm_then_relu(shape, train):
 
 def test_batch_norm_relu_bfloat16_keeps_float32_variables():
     x = jax.random.normal(jax.random.key(6), (8, 5, 5, 3)).astype(jnp.bfloat16)
-    layer = model.BatchNormReLU(use_running_average=False, dtype=jnp.bfloat16)
+    layer = layers.BatchNormReLU(use_running_average=False, dtype=jnp.bfloat16)
     variables = layer.init(jax.random.key(0), x)
     (y, stats), pullback = jax.vjp(lambda x: layer.apply(variables, x, mutable=["batch_stats"]), x)
     dx, = pullback((jnp.ones_like(y), jax.tree.map(jnp.zeros_like, stats)))

@@ -9,6 +9,7 @@ import tensorstore as ts
 
 from hpajax import classes
 from hpajax.data import pipeline, store
+from hpajax.data.run_data import Source
 
 N, SIZE, CHANNELS = 40, 32, 4
 
@@ -25,15 +26,14 @@ def data():
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("labeled") / "store"
-    store.write_store(path, data[0], [f"id{i}" for i in range(N)], data[1], shard_samples=4)
-    return path
+    return store.write_store(path, data[0], [f"id{i}" for i in range(N)], data[1],
+                             shard_samples=4)
 
 
 @pytest.fixture(scope="module")
 def unlabeled(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("unlabeled") / "store"
-    store.write_store(path, data[0], [f"id{i}" for i in range(N)], None, shard_samples=4)
-    return path
+    return store.write_store(path, data[0], [f"id{i}" for i in range(N)], None, shard_samples=4)
 
 
 def take(it, n):
@@ -87,10 +87,10 @@ def test_source_rejects_bad_channels(labeled, channels):
         pipeline.StoreSource(labeled, channels=channels)
 
 
-@pytest.mark.parametrize("indices", [[0, N], [-1], [[1, 2]], [0.5]])
-def test_source_rejects_bad_indices(labeled, indices):
-    with pytest.raises(ValueError, match="indices"):
-        pipeline.StoreSource(labeled, indices)
+@pytest.mark.parametrize("rows", [[0, N], [-1], [[1, 2]], [0.5]])
+def test_source_rejects_bad_rows(labeled, rows):
+    with pytest.raises(ValueError, match="rows"):
+        pipeline.StoreSource(labeled, rows)
 
 
 def test_source_pickles_without_tensorstore(labeled, data):
@@ -115,8 +115,13 @@ def test_source_unlabeled_gives_zero_labels(unlabeled, data):
 SPLIT = np.arange(1, N, 2)  # 20 of the 40 rows.
 
 
+def split_of(source_store):
+    """The training sources of a run on ``SPLIT`` of a store."""
+    return [Source(source_store, SPLIT)]
+
+
 def test_train_epochs_cover_split_and_reshuffle(labeled, data):
-    it = iter(pipeline.train_dataset(labeled, SPLIT, batch_size=5, seed=1))
+    it = iter(pipeline.train_dataset(split_of(labeled), batch_size=5, seed=1))
     epochs = [take(it, 4), take(it, 4)]
     orders = []
     for epoch in epochs:
@@ -130,7 +135,7 @@ def test_train_epochs_cover_split_and_reshuffle(labeled, data):
 
 def test_train_is_deterministic_by_seed(labeled):
     def epochs(seed):  # Two epochs of 5 batches of 4.
-        it = iter(pipeline.train_dataset(labeled, SPLIT, batch_size=4, seed=seed))
+        it = iter(pipeline.train_dataset(split_of(labeled), batch_size=4, seed=seed))
         return np.concatenate([b["index"] for b in take(it, 10)]).reshape(2, 20)
     np.testing.assert_array_equal(epochs(3), epochs(3))
     assert not np.array_equal(epochs(3)[0], epochs(4)[0])
@@ -141,8 +146,8 @@ def test_train_is_deterministic_by_seed(labeled):
 def test_train_shards_are_disjoint_and_match_single_process(labeled, data):
     """Row for row, process k's batch is the k-th block of the single-process global batch."""
     # 20 samples, 2 shards x batch 5: one epoch is 2 steps of 10 samples.
-    single = iter(pipeline.train_dataset(labeled, SPLIT, batch_size=10, seed=7))
-    shards = [iter(pipeline.train_dataset(labeled, SPLIT, batch_size=5, seed=7, channels=(1,),
+    single = iter(pipeline.train_dataset(split_of(labeled), batch_size=10, seed=7))
+    shards = [iter(pipeline.train_dataset(split_of(labeled), batch_size=5, seed=7, channels=(1,),
                                           shard_index=k, shard_count=2)) for k in range(2)]
     for _ in range(4):  # Two epochs.
         whole = next(single)
@@ -158,17 +163,20 @@ def test_train_shards_are_disjoint_and_match_single_process(labeled, data):
 
 def test_train_rejects_bad_input(labeled, unlabeled):
     with pytest.raises(ValueError, match="no labels"):
-        pipeline.train_dataset(unlabeled, SPLIT, batch_size=4, seed=0)
+        pipeline.train_dataset(split_of(unlabeled), batch_size=4, seed=0)
     with pytest.raises(ValueError, match="empty"):
-        pipeline.train_dataset(labeled, [], batch_size=4, seed=0)
+        pipeline.train_dataset([Source(labeled, [])], batch_size=4, seed=0)
     with pytest.raises(ValueError, match="smaller than one"):
-        pipeline.train_dataset(labeled, SPLIT, batch_size=21, seed=0)
+        pipeline.train_dataset(split_of(labeled), batch_size=21, seed=0)
     with pytest.raises(ValueError, match="smaller than one"):
-        pipeline.train_dataset(labeled, SPLIT, batch_size=8, seed=0, shard_count=3)
+        pipeline.train_dataset(split_of(labeled), batch_size=8, seed=0, shard_count=3)
     with pytest.raises(ValueError, match="shard_index"):
-        pipeline.train_dataset(labeled, SPLIT, batch_size=4, seed=0, shard_index=2, shard_count=2)
+        pipeline.train_dataset(split_of(labeled), batch_size=4, seed=0, shard_index=2,
+                               shard_count=2)
     with pytest.raises(ValueError, match="batch_size"):
-        pipeline.train_dataset(labeled, SPLIT, batch_size=0, seed=0)
+        pipeline.train_dataset(split_of(labeled), batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="one source; got 2"):
+        pipeline.train_dataset(split_of(labeled) * 2, batch_size=4, seed=0)
 
 
 # --- eval_dataset ------------------------------------------------------------
@@ -240,14 +248,14 @@ def check_state_round_trip(ds, skip=3, n=4):
 
 
 def test_state_round_trip_in_process(labeled):
-    check_state_round_trip(pipeline.train_dataset(labeled, SPLIT, batch_size=4, seed=2))
+    check_state_round_trip(pipeline.train_dataset(split_of(labeled), batch_size=4, seed=2))
     check_state_round_trip(pipeline.eval_dataset(labeled, SPLIT, batch_size=3), skip=2)
 
 
 def test_workers_match_in_process_and_restore_state(labeled, data):
     kwargs = dict(batch_size=4, seed=5, channels=(0, 1, 2))
-    in_process = take(iter(pipeline.train_dataset(labeled, SPLIT, **kwargs)), 7)
+    in_process = take(iter(pipeline.train_dataset(split_of(labeled), **kwargs)), 7)
     batches = check_state_round_trip(
-        pipeline.train_dataset(labeled, SPLIT, num_workers=2, **kwargs))
+        pipeline.train_dataset(split_of(labeled), num_workers=2, **kwargs))
     assert_same_batches(batches, in_process)
     check_batch(batches[0], data, 4, channels=(0, 1, 2))

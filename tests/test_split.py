@@ -168,6 +168,17 @@ def test_cli_refuses_bad_requests(tiny_stores):
     assert not (labelled / store.SPLITS).exists()
 
 
+@pytest.mark.parametrize("args, named", [
+    ([], "--store"),                                      # required
+    (["--store=st", "--seed=one"], "--seed"),             # not an integer
+    (["--store=st", "--fractions=a,b"], "--fractions"),   # not numbers
+    (["--store=st", "stray"], "unexpected arguments: stray"),
+])
+def test_cli_names_a_missing_or_bad_flag(args, named):
+    result = run_tool(*args)
+    assert result.returncode != 0 and named in result.stderr, result.stderr
+
+
 def test_cli_refuses_names_that_are_not_plain_identifiers(tiny_stores, tmp_path):
     """A split or part name becomes a file name: '../x' must not write outside the store."""
     labelled, _ = tiny_stores

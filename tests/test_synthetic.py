@@ -231,3 +231,8 @@ def test_tool_rejects_bad_flags(tmp_path, flag, name):
     assert result.returncode != 0
     assert name in result.stderr
     assert not (tmp_path / "train.csv").exists()
+
+
+def test_tool_requires_out_dir():
+    result = run_tool("--num_samples=2")
+    assert result.returncode != 0 and "--out_dir" in result.stderr, result.stderr

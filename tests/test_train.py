@@ -4,14 +4,17 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from conftest import PYTHON, REPO, synthetic_store, tiny_config
 
-from hpajax import train
+from hpajax import inference, train
+from hpajax import steps as steps_lib
 from hpajax.data import pipeline
+from hpajax.data.run_data import open_run_data
 from sklearn.metrics import roc_auc_score
 
 SIZE = 80  # the smallest convenient side the four VALID blocks take with kernel 3
@@ -61,11 +64,35 @@ def test_resume_continues_exactly(store, tmp_path):
     assert first[0]["step"] == first[1]["step"] == 2 and first[0]["loss"] == first[1]["loss"]
 
 
-def _val_auc(setup, state, indices) -> float:
-    """Mean ROC-AUC over the classes present in a split (inference mode)."""
+_OPENED: list[str] | None = None  # files opened while a test watches, else None
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, pathlib.Path)):
+        _OPENED.append(os.path.abspath(args[0]))
+
+
+sys.addaudithook(_record_opens)  # hooks cannot be removed: it is inert unless _OPENED is set
+
+
+def test_a_run_opens_its_store_and_reads_its_split_once(store, tmp_path):
+    """Two evaluations and a checkpoint reread nothing: the data object is built once."""
+    global _OPENED
+    _OPENED = []
+    try:
+        train.train_and_evaluate(tiny(store), str(tmp_path))  # evaluates at steps 3 and 6
+        opened = _OPENED
+    finally:
+        _OPENED = None
+    for name in ("metadata.json", "ids.txt", "labels.npy", "splits/default.json"):
+        assert opened.count(str(store / name)) == 1, name
+
+
+def _val_auc(steps, state, store, rows) -> float:
+    """Mean ROC-AUC over the classes present in some rows (inference mode)."""
     probs, labels = [], []
-    for batch in pipeline.eval_dataset(setup.store_path, indices, batch_size=16):
-        out = setup.eval_step(state, train.to_device(setup, batch))
+    for batch in pipeline.eval_dataset(store, rows, batch_size=16):
+        out = steps.eval(state, steps_lib.to_device(steps, batch))
         probs.append(np.asarray(out["probs"])[batch["mask"]])
         labels.append(batch["label"][batch["mask"]])
     y, p = np.concatenate(labels), np.concatenate(probs)
@@ -76,17 +103,18 @@ def _val_auc(setup, state, indices) -> float:
 def test_bn_recalibration_gives_exact_statistics_and_fixes_a_short_run(store):
     config = tiny(store, **{"bn_recalibration_batches": 8, "augment.rotate": False,
                             "augment.zoom": False})
-    setup = train.make_setup(config)
-    state = train.init_state(setup)
-    batches = iter(train.train_batches(setup, seed=config.seed))
-    acc = train.zero_acc(setup)
+    data = open_run_data(config.data)
+    steps = train.build_steps(config, data)
+    state = steps_lib.init_state(steps)
+    batches = iter(inference.train_batches(config, data, seed=config.seed))
+    sums = steps_lib.zero_sums(steps)
     for _ in range(150):
-        state, acc = setup.train_step(state, train.to_device(setup, next(batches)), acc)
-    recal = train.recalibrate_batch_stats(setup, state)
+        state, sums = steps.train(state, steps_lib.to_device(steps, next(batches)), sums)
+    recal = inference.recalibrate_batch_stats(steps, state, data)
     # First BN layer: its statistics are those of conv1's output over the union
     # of the recalibration batches.
     images = np.concatenate([b["image"] for b, _ in zip(
-        train.train_batches(setup, seed=config.seed + 1), range(8))])
+        inference.train_batches(config, data, seed=config.seed + 1), range(8))])
     conv = jax.lax.conv_general_dilated(
         images.astype(np.float32) / 255, state.params["block1_conv1"]["kernel"], (1, 1),
         "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -98,8 +126,9 @@ def test_bn_recalibration_gives_exact_statistics_and_fixes_a_short_run(store):
     # the data's (dark inputs, initial value 1): inference with them hides
     # what the model learned, the recalibrated statistics show it.
     ratio = np.median(state.batch_stats["block1_bn1"]["var"] / conv.var((0, 1, 2)))
-    train_rows = setup.train_indices
-    before, after = _val_auc(setup, state, train_rows), _val_auc(setup, recal, train_rows)
+    rows = data.sources[0].rows
+    before = _val_auc(steps, state, data.store, rows)
+    after = _val_auc(steps, recal, data.store, rows)
     print(f"running/true variance {ratio:.1f}; mean AUC on the training split: "
           f"running stats {before:.3f}, recalibrated {after:.3f}")
     assert ratio > 2

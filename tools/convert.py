@@ -13,11 +13,9 @@ import pathlib
 import shlex
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from hpajax.data import convert, store  # noqa: E402
+from hpajax.data import convert, store
 
 flags.DEFINE_enum("format", "kaggle", ["kaggle", "hpav18"], "Layout of the input files.")
 flags.DEFINE_string("input_dir", None, "Folder holding the {Id}_{channel} image files.")

@@ -11,11 +11,9 @@ See ``hpajax.synthetic`` for what the images and labels look like.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from hpajax import synthetic  # noqa: E402
+from hpajax import synthetic
 
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Directory to write train/ (or test/) and the csv to.")

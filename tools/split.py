@@ -7,10 +7,7 @@ The seed paper split 80/20 train/test; our validation set comes out of the
 training share. See ``hpajax.data.split`` for the method.
 """
 
-import pathlib
 import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags
 

@@ -10,14 +10,16 @@ float and augmentation happen later, on device)::
 
 Design:
 
-* ``StoreSource`` is a Grain ``RandomAccessDataSource`` over a split of a
-  store. Its pickled state is the store path plus small NumPy arrays (split
-  rows, their labels); the TensorStore image array is opened on first use in
-  each process and dropped when pickled, because Grain starts its worker
+* ``StoreSource`` is a Grain ``RandomAccessDataSource`` over rows of an
+  opened store. Its pickled state is the store location plus small NumPy
+  arrays (the rows, their labels); the store's TensorStore image array is
+  used in the process that opened it, reopened on first use in any other,
+  and dropped when pickled, because Grain starts its worker
   processes with ``spawn`` and a TensorStore handle must not cross a fork.
 * A batch is read with one TensorStore read of an index array, so TensorStore
   decodes all the batch's chunks concurrently in its own thread pool instead
-  of paying ~2 ms per sample in Python.
+  of paying a Python read per sample (see BENCHMARKS.md, section "Measurements
+  behind the defaults").
 * Training shuffles globally and then shards: positions ``range(n)`` are
   shuffled (reshuffled every epoch: Grain folds the epoch into the shuffle
   seed when ``shuffle`` comes before ``repeat``), repeated forever, cut into
@@ -40,7 +42,6 @@ Nothing here imports JAX: the trainer passes ``jax.process_index()`` and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import grain
@@ -50,6 +51,8 @@ from absl import flags
 
 from hpajax import classes
 from hpajax.data import store as storelib
+from hpajax.data.run_data import Source
+from hpajax.data.store import Store
 
 Batch = dict[str, np.ndarray]
 
@@ -77,54 +80,54 @@ def _channel_selection(channels: tuple[int, ...]) -> slice | np.ndarray:
     """How to select channels: a slice for an ascending run, else an index array.
 
     TensorStore copies a channel slice about as fast as the whole image but an
-    index array on the channel axis about 2x slower than reading all channels
-    and indexing in NumPy, so only runs are selected inside TensorStore.
+    index array on the channel axis slower than reading all channels and
+    indexing in NumPy, so only runs are selected inside TensorStore (see
+    BENCHMARKS.md, section "Measurements behind the defaults").
     """
     if channels == tuple(range(channels[0], channels[0] + len(channels))):
         return slice(channels[0], channels[-1] + 1)
     return np.asarray(channels, np.int64)
 
 
-def _check_indices(indices: Sequence[int] | np.ndarray | None, num_samples: int) -> np.ndarray:
-    """Validates split indices (store rows) and returns them as int64."""
-    if indices is None:
+def _check_rows(rows: Sequence[int] | np.ndarray | None, num_samples: int) -> np.ndarray:
+    """Validates store rows (None: all) and returns them as int64."""
+    if rows is None:
         return np.arange(num_samples, dtype=np.int64)
-    rows = np.asarray(indices)
+    rows = np.asarray(rows)
     if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-        raise ValueError(f"indices must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        raise ValueError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
     rows = rows.astype(np.int64)
     if rows.size and (rows.min() < 0 or rows.max() >= num_samples):
-        raise ValueError(f"indices out of range [0, {num_samples})")
+        raise ValueError(f"rows out of range [0, {num_samples})")
     return rows
 
 
 class StoreSource:
-    """Random access to the samples of a split of a store (a Grain data source).
+    """Random access to some rows of a store (a Grain data source).
 
-    Item ``i`` is split position ``i``: ``{"image": uint8 [S, S, C], "label":
-    uint8 [28], "index": int64 store row}``. Unlabeled stores give zero labels.
-    The constructor validates the store (opening it once); the pickled state
-    holds no TensorStore handle and each process reopens the image array on
-    its first read.
+    Item ``i`` is the ``i``-th of ``rows`` (None: all of them):
+    ``{"image": uint8 [S, S, C], "label": uint8 [28], "index": int64 store
+    row}``. Unlabeled stores give zero labels. The pickled state holds no
+    TensorStore handle: another process reopens the image array on its
+    first read.
     """
 
     def __init__(
         self,
-        store_path: str | os.PathLike,
-        indices: Sequence[int] | np.ndarray | None = None,
+        store: Store,
+        rows: Sequence[int] | np.ndarray | None = None,
         *,
         channels: Sequence[int] | None = None,
     ):
-        store = storelib.open_store(store_path)
         self._path = str(store.path)
-        self._rows = _check_indices(indices, len(store))
+        self._rows = _check_rows(rows, len(store))
         self._labels = None if store.labels is None else (
             store.labels[self._rows].astype(np.uint8))
         num_channels = int(store.images.shape[3])
         self._channels = _check_channels(channels, num_channels)
         self._channel_selection = _channel_selection(self._channels)
         self._image_size = store.image_size
-        self._images: ts.TensorStore | None = None
+        self._images: ts.TensorStore | None = store.images
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -241,8 +244,7 @@ def _shuffle_seed(seed: int) -> int:
 
 
 def train_dataset(
-    store_path: str | os.PathLike,
-    indices: Sequence[int] | np.ndarray | None,
+    sources: Sequence[Source],
     *,
     batch_size: int,
     seed: int,
@@ -252,19 +254,23 @@ def train_dataset(
     shard_count: int = 1,
     prefetch: int = DEFAULT_PREFETCH,
 ) -> grain.IterDataset:
-    """Endless shuffled training batches of this process's shard of a split.
+    """Endless shuffled training batches of this process's shard of the sources' rows.
 
-    ``indices`` are store rows (None: all); ``batch_size`` is per process.
-    Every epoch is a fresh permutation of the split (fixed by ``seed``); each
-    global batch of ``batch_size * shard_count`` of it is dealt to the
-    processes in blocks of ``batch_size``; batches are full (an epoch's last
-    partial batch continues into the next epoch).
+    ``batch_size`` is per process. Every epoch is a fresh permutation of the
+    rows (fixed by ``seed``); each global batch of ``batch_size *
+    shard_count`` of it is dealt to the processes in blocks of
+    ``batch_size``; batches are full (an epoch's last partial batch
+    continues into the next epoch). One source for now: drawing from
+    several by weight comes with ``config.data.sources``.
     """
     _check_batch_size(batch_size)
     _check_sharding(shard_index, shard_count)
-    source = StoreSource(store_path, indices, channels=channels)
+    if len(sources) != 1:
+        raise ValueError(f"training reads one source; got {len(sources)}")
+    [train] = sources
+    source = StoreSource(train.store, train.rows, channels=channels)
     if not source.has_labels:
-        raise ValueError(f"{store_path} has no labels: cannot train on it")
+        raise ValueError(f"{train.store.path} has no labels: cannot train on it")
     if len(source) == 0:
         raise ValueError("cannot train on an empty split")
     if len(source) < batch_size * shard_count:
@@ -302,8 +308,8 @@ def eval_positions(num_samples: int, batch_size: int, shard_index: int,
 
 
 def eval_dataset(
-    store_path: str | os.PathLike,
-    indices: Sequence[int] | np.ndarray | None,
+    store: Store,
+    rows: Sequence[int] | np.ndarray | None,
     *,
     batch_size: int,
     channels: Sequence[int] | None = None,
@@ -312,16 +318,16 @@ def eval_dataset(
     shard_count: int = 1,
     prefetch: int = DEFAULT_PREFETCH,
 ) -> grain.IterDataset:
-    """Each sample of this process's shard of a split once, in order, in masked batches.
+    """Each of this process's share of store ``rows`` once, in order, in masked batches.
 
     Batches carry ``mask`` (bool [B], True for real samples); padding samples
     are zeros with index -1. All processes yield the same number of batches
-    and their masked-in indices together are exactly the split. Works on
+    and their masked-in indices together are exactly ``rows``. Works on
     unlabeled stores, whose labels are zeros.
     """
     _check_batch_size(batch_size)
     _check_sharding(shard_index, shard_count)
-    source = StoreSource(store_path, indices, channels=channels)
+    source = StoreSource(store, rows, channels=channels)
     if len(source) == 0:
         raise ValueError("cannot evaluate an empty split")
     table = eval_positions(len(source), batch_size, shard_index, shard_count)

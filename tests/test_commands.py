@@ -1,4 +1,4 @@
-"""evaluate and predict end to end on a tiny trained run."""
+"""The evaluate and predict commands end to end on a tiny trained run."""
 
 import csv
 import io
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from conftest import DATA, PYTHON, REPO, synthetic_store, tiny_config, write_quads
 
-from hpajax import classes, evaluate, predict, report, train
+from hpajax import classes, commands, evaluate, inference, predictions, report, submission, train
 from hpajax.data import open_store
 from hpajax.data.labels import check_id
 
@@ -49,10 +49,17 @@ def test_evaluate_writes_the_report_with_thresholds_tuned_on_val(run):
         metrics["test"])
     assert metrics["val"]["samples"] == 24 and metrics["test"]["samples"] == 24
 
-    setup, state, step = predict.load_run(run / "work")
-    parts = open_store(run / "store").split("default")
-    val = train.predict(setup, state, run / "store", parts["val"])
-    test = train.predict(setup, state, run / "store", parts["test"])
+    restored = inference.restore(run / "work")
+    store = open_store(run / "store")
+    parts = store.split("default")
+    val = inference.predict(restored.steps, restored.state, store, parts["val"])
+    test = inference.predict(restored.steps, restored.state, store, parts["test"])
+    for role, expected in (("val", val), ("test", test)):  # what the report was built from
+        kept, info = predictions.load(out / predictions.file_name(role))
+        assert (info.split, info.step) == (role, metrics["step"])
+        assert kept.ids == expected.ids == tuple(store.ids[r] for r in parts[role])
+        np.testing.assert_array_equal(kept.probs, expected.probs)
+        np.testing.assert_array_equal(kept.labels, store.labels[parts[role]])
     saved = report.load_thresholds(out)
     np.testing.assert_array_equal(saved, evaluate.search_thresholds(val.labels, val.probs))
     tuned = evaluate.classification_report(test.labels, test.probs, saved)
@@ -69,9 +76,9 @@ def test_predict_on_a_store_writes_probabilities_and_submission(run, tmp_path):
     probs = np.load(tmp_path / "probabilities.npy")
     store = open_store(run / "store")
     assert probs.shape == (96, classes.NUM_CLASSES)
-    setup, state, _ = predict.load_run(run / "work")
-    np.testing.assert_allclose(probs, train.predict(setup, state, run / "store").probs,
-                               rtol=1e-6)
+    restored = inference.restore(run / "work")
+    np.testing.assert_allclose(probs, inference.predict(restored.steps, restored.state,
+                                                        store).probs, rtol=1e-6)
     table = list(csv.reader(open(tmp_path / "probabilities.csv")))
     assert table[0] == ["Id", *classes.CLASS_NAMES] and [t[0] for t in table[1:]] == store.ids
     sub = list(csv.DictReader(open(tmp_path / "submission.csv")))
@@ -90,9 +97,9 @@ def test_predict_converts_png_quads_in_the_order_of_an_ids_csv(run, tmp_path):
     sub = list(csv.DictReader(open(tmp_path / "out" / "submission.csv")))
     assert [s["Id"] for s in sub] == ids
     probs = np.load(tmp_path / "out" / "probabilities.npy")
-    setup, state, _ = predict.load_run(run / "work")
+    restored = inference.restore(run / "work")
     rows = np.array([store.ids.index(i) for i in ids])
-    from_store = train.predict(setup, state, run / "store", rows).probs
+    from_store = inference.predict(restored.steps, restored.state, store, rows).probs
     np.testing.assert_allclose(probs, from_store, rtol=1e-6)  # same pixels, same outputs
 
 
@@ -102,16 +109,17 @@ def test_predict_on_a_store_follows_the_ids_csv(run, tmp_path):
     ids = store.ids[::-1][:10]
     ids_csv = tmp_path / "ids.csv"
     ids_csv.write_text("Id,Predicted\n" + "".join(f"{i},0\n" for i in ids))
-    out = predict.predict_to_dir(run / "work", run / "store", tmp_path / "out", ids_csv=ids_csv)
+    out = commands.predict_command(run / "work", run / "store", tmp_path / "out",
+                                   ids_csv=ids_csv)
     assert [s["Id"] for s in csv.DictReader(open(out / "submission.csv"))] == ids
     assert [t[0] for t in csv.reader(open(out / "probabilities.csv"))][1:] == ids
-    setup, state, _ = predict.load_run(run / "work")
+    restored = inference.restore(run / "work")
     rows = np.array([store.ids.index(i) for i in ids])
-    np.testing.assert_allclose(np.load(out / "probabilities.npy"),
-                               train.predict(setup, state, run / "store", rows).probs, rtol=1e-6)
+    np.testing.assert_allclose(np.load(out / "probabilities.npy"), inference.predict(
+        restored.steps, restored.state, store, rows).probs, rtol=1e-6)
     ids_csv.write_text(f"Id,Predicted\n{ids[0]},0\nnope,0\nnada,0\n")
     with pytest.raises(ValueError) as err:
-        predict.predict_to_dir(run / "work", run / "store", tmp_path / "out", ids_csv=ids_csv)
+        commands.predict_command(run / "work", run / "store", tmp_path / "out", ids_csv=ids_csv)
     assert (f"--ids_csv={ids_csv}: ids.csv:3: Id 'nope' is not in the store {run / 'store'} "
             "(2 of its 3 Ids are missing)") in str(err.value)
 
@@ -139,8 +147,8 @@ def test_submission_thresholds_and_at_least_one():
     probs[1, 9] = 0.4
     thresholds = np.full(classes.NUM_CLASSES, 0.5)
     thresholds[5] = 0.75
-    assert predict.submission_csv(["a", "b"], probs, thresholds) == "Id,Predicted\na,3\nb,\n"
-    assert predict.submission_csv(["a", "b"], probs, thresholds,
+    assert submission.submission_csv(["a", "b"], probs, thresholds) == "Id,Predicted\na,3\nb,\n"
+    assert submission.submission_csv(["a", "b"], probs, thresholds,
                                   at_least_one=True) == "Id,Predicted\na,3\nb,9\n"
 
 
@@ -150,36 +158,9 @@ def test_submission_quotes_ids_that_need_it():
     assert all(check_id(i) is None for i in ids)
     probs = np.full((3, classes.NUM_CLASSES), 0.1)
     probs[:, 4] = 0.9
-    text = predict.submission_csv(ids, probs, np.full(classes.NUM_CLASSES, 0.5))
+    text = submission.submission_csv(ids, probs, np.full(classes.NUM_CLASSES, 0.5))
     assert list(csv.reader(io.StringIO(text))) == [["Id", "Predicted"], ["a,b", "4"],
                                                    ['q"x', "4"], ["plain", "4"]]
-
-
-def test_report_without_matplotlib_writes_the_numbers_and_says_how(tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "import numpy as np\n"
-            "from hpajax import report\n"
-            "rng = np.random.default_rng(0)\n"
-            "y = (rng.random((50, 28)) < 0.3).astype(np.uint8)\n"
-            "s = lambda n: report.Scores(n, y, rng.random((50, 28)))\n"
-            f"report.write_report({str(tmp_path)!r}, s('val'), s('test'))\n")
-    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stderr
-    assert "hpajax[plots]" in r.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "thresholds.json",
-                                                    "per_class.csv", "per_class.md"}
-
-
-def test_montage_rows_rank_samples_by_their_f1():
-    y_true = np.zeros((5, classes.NUM_CLASSES), np.uint8)
-    y_true[:, 0] = 1
-    y_prob = np.full((5, classes.NUM_CLASSES), 0.1)
-    y_prob[:, 0] = [0.9, 0.6, 0.2, 0.8, 0.7]
-    y_prob[3, 1:4] = 0.9  # three false positives: F1 0.5
-    y_prob[4, 1] = 0.9  # one false positive: F1 2/3
-    best, worst = report.montage_rows(y_true, y_prob, np.full(28, 0.5), 6)
-    assert best.tolist() == [0, 1, 4, 3]  # exact (confident first), then by F1; not #2 (F1 0)
-    assert worst.tolist() == [2, 3, 4]  # F1 0, 0.5, 2/3; exact matches are not shown
 
 
 def test_evaluate_and_predict_errors_name_the_problem(run, tmp_path):
@@ -199,18 +180,19 @@ def test_a_smaller_input_size_resizes_on_device(run, tmp_path):
                                            "total_steps": 3})
     train.train_and_evaluate(config, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["data"]["input_size"] == 76
-    setup, state, _ = predict.load_run(tmp_path)
-    assert setup.image_shape == (76, 76, 4)
+    restored = inference.restore(tmp_path)
+    steps, state = restored.steps, restored.state
+    assert steps.image_shape == (76, 76, 4)
     assert state.params["block1_conv1"]["kernel"].shape[2] == 4
     # The model sees the 80 px images resized to 76 px (antialiased linear, on device):
     # its probabilities equal those of the same weights on images resized by Pillow's
     # antialiased bilinear, an independent implementation (measured max difference 8e-6;
     # with the resize removed, the model sees 80 px and they differ by up to 0.7).
-    rows = np.arange(setup.config.eval_batch_size)  # one batch
-    got = train.predict(setup, state, run / "store", rows).probs
+    rows = np.arange(steps.config.eval_batch_size)  # one batch
+    got = inference.predict(steps, state, open_store(run / "store"), rows).probs
     images = open_store(run / "store").images[rows].read().result().astype(np.float32) / 255
     small = np.stack([np.stack([np.asarray(Image.fromarray(image[..., c], mode="F").resize(
         (76, 76), Image.Resampling.BILINEAR)) for c in range(4)], -1) for image in images])
-    logits = jax.jit(setup.model.apply, static_argnames="train")(
+    logits = jax.jit(steps.model.apply, static_argnames="train")(
         {"params": state.params, "batch_stats": state.batch_stats}, small, train=False)
     np.testing.assert_allclose(got, jax.nn.sigmoid(logits), atol=1e-4)

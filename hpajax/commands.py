@@ -1,0 +1,125 @@
+"""The ``evaluate`` and ``predict`` commands: a trained run's checkpoint put to use.
+
+``evaluate_command`` predicts the validation and test parts of the run's
+split (and the training part, for the seed's way of tuning thresholds),
+saves the predictions in ``report/predictions_{val,test,train}.npz`` and
+builds the report from those files, as ``python -m hpajax.report`` does
+without JAX. ``predict_command`` predicts a converted store or a folder of
+raw Kaggle PNG quads (converted on the fly) and writes probabilities and a
+Kaggle submission.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from hpajax import classes, inference, predictions, report, submission
+from hpajax import workdir as workdir_lib
+from hpajax.data import convert, open_store
+from hpajax.data import labels as labelslib
+from hpajax.data.run_data import open_run_data
+from hpajax.data.store import METADATA, Store
+from hpajax.files import write_atomic
+
+
+def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
+                     seed_thresholds: bool = True, draw_figures: bool = True) -> dict:
+    """Writes ``workdir/report/`` for a checkpoint (default: the best); returns metrics.json."""
+    config = workdir_lib.load_config(workdir)
+    data = open_run_data(config.data)  # opened once: for recalibration and prediction
+    if data.store.labels is None:
+        raise ValueError(f"{data.location} has no labels: cannot evaluate on it")
+    run = inference.restore(workdir, step, data)
+    parts = {"val": config.data.eval_part, "test": config.data.test_part}
+    if seed_thresholds:
+        parts["train"] = config.data.train_part
+    print(f"evaluating step {run.step} of {workdir} on {data.location}")
+    saved = {role: inference.predict(run.steps, run.state, data.store, data.rows(part))
+             for role, part in parts.items()}
+    if jax.process_index() != 0:  # every process predicts; process 0 writes
+        return {}
+    out = pathlib.Path(workdir) / report.REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / predictions.file_name("train")).unlink(missing_ok=True)  # of an earlier evaluate
+    for role, scored in saved.items():
+        predictions.save(out / predictions.file_name(role), scored, split=parts[role],
+                         step=run.step, data_fingerprint=data.fingerprint())
+    return report.rebuild(workdir, draw_figures=draw_figures)
+
+
+def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
+                    output_dir: str | os.PathLike, *, step: int | None = None,
+                    ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
+                    workers: int = 1) -> pathlib.Path:
+    """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
+
+    ``ids_csv`` picks the images and their order in both cases.
+    """
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = inference.restore(workdir, step)
+    store = open_store(as_store(input_path, out / "store", run.config, ids_csv, workers))
+    rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
+    scored = inference.predict(run.steps, run.state, store, rows)
+    thresholds = _thresholds(pathlib.Path(workdir) / report.REPORT_DIR)
+    np.save(out / "probabilities.npy", scored.probs)
+    write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
+    write_atomic(out / "submission.csv", submission.submission_csv(
+        scored.ids, scored.probs, thresholds, at_least_one))
+    print(f"predicted {len(scored.ids)} images with step {run.step}: {out}/probabilities.npy, "
+          f"probabilities.csv, submission.csv")
+    return out
+
+
+def as_store(input_path: str | os.PathLike, converted: pathlib.Path,
+             config: ml_collections.ConfigDict, ids_csv: str | os.PathLike | None,
+             workers: int) -> pathlib.Path:
+    """``input_path`` if it is a store, else its PNG quads converted into ``converted``."""
+    path = pathlib.Path(input_path)
+    if (path / METADATA).is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--input={path}: neither a store nor a folder of PNG quads")
+    print(f"converting the PNG quads in {path} into {converted}")
+    convert.convert(convert.Options(
+        format="kaggle", input_dir=path, output_dir=converted,
+        labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
+        image_size=config.data.input_size, workers=workers,
+        command="python -m hpajax.main predict"))
+    return converted
+
+
+def rows_of_ids(store: Store, ids_csv: str | os.PathLike) -> np.ndarray:
+    """The store rows of the Ids in ``ids_csv``, in the CSV's order (``--ids_csv``).
+
+    The CSV gets the label-file checks; a bad row or an Id the store lacks
+    is a ValueError naming the CSV line, rather than a silently short output.
+    """
+    table, problems = labelslib.read_labels_csv(ids_csv)
+    flag = f"--ids_csv={ids_csv}"
+    if problems:
+        raise ValueError(f"{flag}: {len(problems)} bad row(s): " + "; ".join(
+            f"{p.where}: {p.why}" for p in problems[:5]))
+    if not table.ids:
+        raise ValueError(f"{flag}: no Ids")
+    row_of = {sample_id: row for row, sample_id in enumerate(store.ids)}
+    missing = [k for k, sample_id in enumerate(table.ids) if sample_id not in row_of]
+    if missing:
+        k = missing[0]
+        raise ValueError(f"{flag}: {table.where[k]}: Id {table.ids[k]!r} is not in the store "
+                         f"{store.path} ({len(missing)} of its {len(table.ids)} Ids are missing)")
+    return np.array([row_of[sample_id] for sample_id in table.ids], np.int64)
+
+
+def _thresholds(report_dir: pathlib.Path) -> np.ndarray:
+    if (report_dir / "thresholds.json").is_file():
+        print(f"thresholds: tuned on the validation split ({report_dir}/thresholds.json)")
+        return report.load_thresholds(report_dir)
+    print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
+          f"(no {report_dir}/thresholds.json)")
+    return np.full(classes.NUM_CLASSES, 0.5)

@@ -1,0 +1,130 @@
+"""Layers the models share: a fast exact 2x2 max-pool and BatchNorm fused with ReLU.
+
+``BatchNormReLU`` has ``nn.BatchNorm``'s variables, statistics and values
+followed by a ReLU, with a hand-written gradient; ``max_pool_2x2`` has
+``nn.max_pool``'s values. Both exist for speed, and the tests check them
+against the Flax layers they replace.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2×2 max-pool, stride 2, VALID (odd last row/column dropped), NHWC.
+
+    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, computed as
+    elementwise maxima of strided slices, rows first, then columns: with
+    hpajax's XLA:CPU defaults the fastest exact form measured (BENCHMARKS.md,
+    "Measurements behind the defaults").
+
+    Gradients equal ``nn.max_pool``'s where each window's maximum is unique.
+    On ties ``nn.max_pool`` gives the whole gradient to one input; here each
+    pairwise ``maximum`` splits it evenly (an all-equal window gets 1/4
+    each). After a ReLU the common tie, an all-zero window, gets zero
+    gradient either way.
+    """
+    height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    x = x[:, :height, :width]
+    rows = jnp.maximum(x[:, 0::2], x[:, 1::2])
+    return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
+
+
+def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Float32 mean and (biased) variance over all axes but the last.
+
+    The variance is ``E[x²] - E[x]²``, clamped at 0, as ``nn.BatchNorm``'s
+    default ``use_fast_variance``: two sums over ``x``, with no centred copy
+    of it.
+    """
+    x = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    return mean, jnp.maximum(jnp.square(x).mean(axes) - jnp.square(mean), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                    epsilon: float) -> jax.Array:
+    """``relu(scale * (x - mean) / sqrt(var + epsilon) + bias)`` with the batch's
+    statistics over all axes but the last; float32 math, ``x``'s dtype out.
+
+    The gradient is written out (two per-channel sums of the incoming
+    gradient, then ``dx`` in one elementwise expression) instead of left to
+    autodiff, whose gradient of the same function XLA:CPU runs with more
+    activation-sized intermediates (BENCHMARKS.md, "Measurements behind the
+    defaults").
+    """
+    return _batch_norm_relu_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_relu_fwd(x, scale, bias, epsilon):
+    mean, var = batch_moments(x)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    mul = scale * inv_std
+    add = bias - mean * mul
+    y = nn.relu(x.astype(jnp.float32) * mul + add).astype(x.dtype)
+    return y, (x, mean, inv_std, mul, add)
+
+
+def _batch_norm_relu_bwd(epsilon, residuals, dy):
+    del epsilon
+    x, mean, inv_std, mul, add = residuals
+    x32 = x.astype(jnp.float32)
+    axes, count = tuple(range(x.ndim - 1)), x.size // x.shape[-1]
+    dz = jnp.where(x32 * mul + add > 0, dy.astype(jnp.float32), 0.0)  # through the ReLU
+    dbias = dz.sum(axes)
+    dscale = inv_std * ((dz * x32).sum(axes) - mean * dbias)  # sum of dz * x_hat
+    dx = mul * (dz - (dbias + (x32 - mean) * inv_std * dscale) / count)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+batch_norm_relu.defvjp(_batch_norm_relu_fwd, _batch_norm_relu_bwd)
+
+
+class BatchNormReLU(nn.Module):
+    """``nn.relu(nn.BatchNorm(...)(x))`` over all axes but the last, as one layer.
+
+    Same variables (params ``scale``, ``bias``; batch_stats ``mean``,
+    ``var``, float32), running-average update and values as ``nn.BatchNorm``
+    with its default fast variance; the training gradient comes from
+    ``batch_norm_relu``.
+
+    Attributes:
+      use_running_average: normalize with the running statistics
+        (inference) instead of the batch's (training, which also updates
+        them; not while initializing, as ``nn.BatchNorm``).
+      momentum: running-average decay.
+      epsilon: variance epsilon.
+      dtype: output dtype.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        x = x.astype(self.dtype)
+        if self.use_running_average:
+            mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            add = bias - ra_mean.value * mul
+            return nn.relu(x.astype(jnp.float32) * mul + add).astype(self.dtype)
+        if not self.is_initializing():
+            # XLA computes these once: batch_norm_relu's forward has the same sums.
+            mean, var = batch_moments(jax.lax.stop_gradient(x))
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return batch_norm_relu(x, scale, bias, self.epsilon)

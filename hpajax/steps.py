@@ -1,0 +1,230 @@
+"""The train state and the three pure steps of a run, jitted over a device mesh.
+
+One ``Mesh`` over all devices with a ``data`` axis: batches are sharded on
+it, the state is replicated, and XLA inserts the cross-device reductions
+(BatchNorm statistics and gradients are those of the global batch). The
+train step donates the state; its loss sums stay on device until the loop
+fetches them. Nothing here reads or writes files or knows about the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hpajax import augment, losses, models
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; saved whole in every checkpoint."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    plateau: Any  # optax.contrib.reduce_on_plateau state: the LR scale and its counters
+    rng: jax.Array  # raw PRNG key; step t augments with fold_in(rng, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """A run's model, optimizer and jitted steps over one mesh."""
+
+    config: ml_collections.ConfigDict
+    image_shape: tuple[int, int, int]  # the model's input [S, S, C]
+    mesh: Mesh
+    model: Any  # a flax module from models.create
+    tx: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+    train: Any  # (state, batch, sums) -> (state, sums)
+    eval: Any  # (state, batch) -> {"loss_sum", "count", "probs"}
+    moments: Any  # (state, batch) -> each BatchNorm's batch mean and mean of squares
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("data"))
+
+
+def make_mesh(batch_size: int) -> Mesh:
+    """A 1-D ``data`` mesh over every device; the batch must divide evenly."""
+    devices = jax.devices()
+    if batch_size % len(devices):
+        raise ValueError(f"config.batch_size={batch_size} does not divide by the "
+                         f"{len(devices)} devices; use a multiple of {len(devices)}")
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam as the seed's Table 4, with decoupled weight decay."""
+    return optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                       weight_decay=cfg.weight_decay)
+
+
+def input_shape(config: ml_collections.ConfigDict, image_size: int = 0
+                ) -> tuple[int, int, int]:
+    """The model's input [S, S, C]: ``config.data.input_size``, else the store's ``image_size``."""
+    size = config.data.input_size or image_size
+    if size <= 0:
+        raise ValueError("config.data.input_size is unset and there is no store to take it "
+                         "from; set --config.data.input_size")
+    return size, size, len(config.data.channels)
+
+
+def resize(images: jax.Array, size: int) -> jax.Array:
+    """Float images [B, H, W, C] at ``size`` x ``size`` (antialiased linear), if not already.
+
+    Lets one 512 px store feed the seed's 128/256/512 px input-size sweep;
+    training augments at the store's resolution first, then resizes.
+    """
+    if images.shape[1:3] == (size, size):
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
+                            "linear", antialias=True)
+
+
+def model_input(images: jax.Array, size: int) -> jax.Array:
+    """Un-augmented uint8 images as the model sees them: float [0, 1] at ``size``."""
+    return resize(augment.to_float(images), size)
+
+
+def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn,
+               aug_cfg, size: int) -> tuple[TrainState, dict]:
+    """One optimizer step on an augmented global batch; adds its loss to ``sums``.
+
+    A NaN/Inf loss, gradient or update leaves the state as it was (the step
+    counter still advances); ``sums`` counts such steps and remembers the
+    first, and the loop decides on the host whether to stop or go on.
+    """
+    images = resize(augment.augment(jax.random.fold_in(state.rng, state.step), batch["image"],
+                                    aug_cfg), size)
+    labels = batch["label"].astype(jnp.float32)
+
+    def compute(params):
+        logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      images, train=True, mutable=["batch_stats"])
+        return loss_fn(logits, labels).mean(), updated["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+    updated = state.replace(params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+    finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    state = state.replace(step=state.step + 1)
+    return state, {"loss": sums["loss"] + jnp.where(finite, loss, 0.0),
+                   "steps": sums["steps"] + finite,
+                   "nonfinite": sums["nonfinite"] + ~finite,
+                   "first_nonfinite": jnp.where((sums["first_nonfinite"] == 0) & ~finite,
+                                                state.step, sums["first_nonfinite"])}
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element is finite (a norm would overflow on huge finite values)."""
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> dict:
+    """Probabilities and the masked loss sum of an un-augmented batch."""
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         model_input(batch["image"], size), train=False)
+    loss = loss_fn(logits, batch["label"].astype(jnp.float32))
+    mask = batch["mask"]
+    return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(),
+            "probs": jax.nn.sigmoid(logits)}
+
+
+def moments_step(state: TrainState, batch: dict, *, model, size: int) -> dict:
+    """Each BatchNorm's batch mean and mean of squares, in training mode."""
+    _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             model_input(batch["image"], size), train=True,
+                             mutable=["batch_stats"])
+    flat = traverse_util.flatten_dict(updated["batch_stats"])
+    return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
+            for k, v in flat.items()}
+
+
+def batch_stats_from_moments(moments: dict, count: int) -> Any:
+    """BatchNorm statistics from ``count`` summed ``moments_step`` outputs.
+
+    The mean of each batch's means and of its means of squares, so the
+    variance is that of the union of the batches.
+    """
+    avg = {k: v / count for k, v in moments.items()}
+    stats = {k: v - avg[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
+             for k, v in avg.items()}
+    return traverse_util.unflatten_dict(stats)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
+          pos_weight: np.ndarray | None = None) -> Steps:
+    """The model, optimizer and steps of ``config``, jitted over ``mesh``."""
+    model = models.create(config.model)
+    loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
+    tx = make_optimizer(config.optimizer)
+    plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
+                                              patience=config.optimizer.plateau_patience)
+    rep = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    size = image_shape[0]
+    train = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
+                                      aug_cfg=config.augment, size=size),
+                    in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                    donate_argnums=(0, 2))
+    evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size),
+                       in_shardings=(rep, data),
+                       out_shardings={"loss_sum": rep, "count": rep, "probs": data})
+    moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
+                                        size=size),
+                      in_shardings=(rep, data), out_shardings=rep)
+    return Steps(config, image_shape, mesh, model, tx, plateau, train, evaluate, moments)
+
+
+def init_state(steps: Steps) -> TrainState:
+    """Fresh, replicated state from ``config.seed``."""
+    init_key, aug_key = jax.random.split(jax.random.PRNGKey(steps.config.seed))
+    dummy = jnp.zeros((1, *steps.image_shape), jnp.float32)
+    variables = jax.jit(functools.partial(steps.model.init, train=False))(init_key, dummy)
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables["batch_stats"], opt_state=steps.tx.init(params),
+                       plateau=steps.plateau.init(params), rng=aug_key)
+    return jax.device_put(jax.device_get(state), steps.replicated)
+
+
+def zero_sums(steps: Steps) -> dict:
+    """Empty on-device training sums for ``train_step``: loss and step counts.
+
+    ``nonfinite`` counts steps whose loss or gradient was NaN/Inf (their
+    update skipped), ``first_nonfinite`` is the first such step (0: none).
+    """
+    zeros = {"loss": jnp.float32(0), "steps": jnp.int32(0), "nonfinite": jnp.int32(0),
+             "first_nonfinite": jnp.int32(0)}
+    return jax.device_put(jax.device_get(zeros), steps.replicated)
+
+
+def update_plateau(steps: Steps, state: TrainState, val_loss: float) -> TrainState:
+    """Feeds a validation loss to the LR plateau rule (x factor after patience evals)."""
+    _, plateau = steps.plateau.update({}, state.plateau, value=jnp.float32(val_loss))
+    return state.replace(plateau=jax.device_put(plateau, steps.replicated))
+
+
+def to_device(steps: Steps, batch: dict) -> dict:
+    """This process's slice of a global batch, as arrays sharded on ``data``."""
+    return {k: jax.make_array_from_process_local_data(steps.batch_sharding, v)
+            for k, v in batch.items() if k != "index"}

@@ -1,0 +1,81 @@
+"""The configs are plain data: loading one imports no JAX, and none lacks a field."""
+
+import json
+import runpy
+import subprocess
+
+import pytest
+from conftest import PYTHON, REPO
+
+from hpajax import config as config_lib
+
+CONFIG_FILES = sorted((REPO / "experiments" / "configs").glob("*.py"))
+HEAVY = ("jax", "jaxlib", "tensorstore", "PIL")
+_REPORT_HEAVY = f"import sys; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """The modules of ``HEAVY`` that a fresh Python holds after running ``code``."""
+    r = subprocess.run([PYTHON, "-c", f"import json\n{code}\n{_REPORT_HEAVY}"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def flat_fields(tree: dict, prefix: str = "") -> set[str]:
+    return {name for key, value in tree.items()
+            for name in (flat_fields(value, f"{prefix}{key}.") if isinstance(value, dict)
+                         else {f"{prefix}{key}"})}
+
+
+def test_there_are_config_files():
+    assert {"default", "paper", "tiny", "input_size", "kernel_size"} <= {
+        path.stem for path in CONFIG_FILES}
+
+
+def test_importing_hpajax_config_imports_no_jax():
+    assert heavy_modules_after("import hpajax.config") == []
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_loading_a_config_file_imports_no_jax(path):
+    """As ``--config=FILE`` loads it, through ml_collections' config flag."""
+    code = ("from absl import flags\n"
+            "from ml_collections import config_flags\n"
+            "config = config_flags.DEFINE_config_file('config')\n"
+            f"flags.FLAGS(['load', '--config={path}'])\n"
+            "assert config.value.model.name")
+    assert heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_config_file_has_every_base_field(path):
+    config = runpy.run_path(str(path))["get_config"]()
+    missing = flat_fields(config_lib.base_config().to_dict()) - flat_fields(config.to_dict())
+    assert not missing
+
+
+def test_base_config_names_the_model():
+    assert config_lib.base_config().model.name == "seed_cnn"
+
+
+def today_demo_config():
+    """The demo's config as it was before configs became plain data."""
+    c = config_lib.base_config()
+    c.batch_size = 16
+    c.total_steps = 600
+    c.log_every = 25
+    c.eval_every = c.checkpoint_every = 100
+    c.bn_recalibration_batches = 10
+    return c
+
+
+def test_demo_config_is_unchanged(tmp_path):
+    from hpajax import demo
+
+    assert config_lib.demo_config().to_dict() == today_demo_config().to_dict()
+    expected = today_demo_config()
+    expected.data.store = str(tmp_path)
+    assert demo.demo_config(tmp_path, None).to_dict() == expected.to_dict()
+    expected.total_steps = 7
+    assert demo.demo_config(tmp_path, 7).to_dict() == expected.to_dict()
