@@ -6,10 +6,10 @@ from hpajax import train, predict, logs
 
 root = pathlib.Path(sys.argv[1])
 shutil.rmtree(root, ignore_errors=True)
-store = synthetic_store(root / "build", 32, 76, seed=3)
+store = synthetic_store(root / "build", 32, 80, seed=3)
 shutil.copytree(store, root / "store")
 shutil.rmtree(root / "build")
-over = {"model.filters": (4, 8, 16, 32), "model.head": (16, 8), "keep_checkpoints": 1}
+over = {"keep_checkpoints": 1}
 cfg = tiny_config(root / "store", total_steps=3, **over)
 train.train_and_evaluate(cfg, str(root / "run"))
 # what the old code reports for this workdir
