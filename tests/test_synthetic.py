@@ -66,7 +66,7 @@ def test_pngs_decode_to_the_rendered_sample(tmp_path):
     synthetic.generate(tmp_path, 3, image_size=40, seed=5, workers=1)
     labels = synthetic.sample_labels(3, 5)
     for index in range(3):
-        want = synthetic.render(labels[index], 40, synthetic._sample_rng(5, "train", index))
+        want = synthetic.render(labels[index], 40, synthetic.kaggle_files.sample_rng(5, "train", index))
         stem = tmp_path / "train" / synthetic.sample_id(5, index)
         got = np.stack([np.asarray(Image.open(f"{stem}_{c}.png")) for c in classes.CHANNELS], -1)
         np.testing.assert_array_equal(got, want)
