@@ -1,4 +1,4 @@
-"""The data path: labels, store, conversion, split and Grain pipeline (no JAX)."""
+"""The data path (no JAX): labels, store, conversion, split, run data, Grain pipeline."""
 
 from hpajax.data.store import Store, StoreError, open_store
 
