@@ -33,12 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.bn_recalibration_batches = 20  # exact BatchNorm statistics before each evaluation
     c.skip_nonfinite = False  # NaN/Inf loss or gradient: stop (False) or skip the step
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "seed_cnn"  # the seed paper's CNN, the only model today (backbones come later)
-    c.model.kernel_size = 3
-    c.model.filters = (32, 64, 128, 256)
-    c.model.head = (512, 256)
-    c.model.dtype = "float32"  # or "bfloat16" (params and BN statistics stay float32)
+    c.model = model_config("seed_cnn")
 
     c.optimizer = ml_collections.ConfigDict()  # the seed's Table 4
     c.optimizer.learning_rate = 1e-3
@@ -63,6 +58,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.brightness_shift = 0.0  # offset ~ U[-s, s], in [0, 1] units
     c.augment.hflip = True
     c.augment.vflip = True
+    return c
+
+
+# torchvision's ImageNet backbones (hpajax/models/resnet.py, densenet.py).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121")
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """The ``model`` block for the model ``name``: its fields at their defaults."""
+    c = ml_collections.ConfigDict()
+    c.name = name  # "seed_cnn" (the seed paper's CNN) or one of BACKBONES
+    c.dtype = "float32"  # or "bfloat16" (params and BN statistics stay float32)
+    if name == "seed_cnn":
+        c.kernel_size = 3
+        c.filters = (32, 64, 128, 256)
+        c.head = (512, 256)
+    elif name in BACKBONES:
+        c.dropout = 0.0  # dropout rate before the 28-logit layer
+        c.remat = False  # recompute each block in the backward pass: less memory at 512 px
+    else:
+        raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "
+                         f"{', '.join(BACKBONES)}")
     return c
 
 

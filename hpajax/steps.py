@@ -110,13 +110,14 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     counter still advances); ``sums`` counts such steps and remembers the
     first, and the loop decides on the host whether to stop or go on.
     """
-    images = resize(augment.augment(jax.random.fold_in(state.rng, state.step), batch["image"],
-                                    aug_cfg), size)
+    key = jax.random.fold_in(state.rng, state.step)
+    images = resize(augment.augment(key, batch["image"], aug_cfg), size)
     labels = batch["label"].astype(jnp.float32)
 
     def compute(params):
         logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                      images, train=True, mutable=["batch_stats"])
+                                      images, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": jax.random.fold_in(key, 1)})
         return loss_fn(logits, labels).mean(), updated["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
@@ -150,10 +151,14 @@ def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> d
 
 
 def moments_step(state: TrainState, batch: dict, *, model, size: int) -> dict:
-    """Each BatchNorm's batch mean and mean of squares, in training mode."""
+    """Each BatchNorm's batch mean and mean of squares, in training mode.
+
+    A head's dropout, after every BatchNorm, draws from a fixed key: it does
+    not change the moments.
+    """
     _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              model_input(batch["image"], size), train=True,
-                             mutable=["batch_stats"])
+                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
     flat = traverse_util.flatten_dict(updated["batch_stats"])
     return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
             for k, v in flat.items()}

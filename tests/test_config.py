@@ -49,14 +49,25 @@ def test_loading_a_config_file_imports_no_jax(path):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
-def test_every_config_file_has_every_base_field(path):
+def test_every_config_file_has_every_base_field_and_its_models_fields(path):
     config = runpy.run_path(str(path))["get_config"]()
     missing = flat_fields(config_lib.base_config().to_dict()) - flat_fields(config.to_dict())
-    assert not missing
+    assert not {name for name in missing if not name.startswith("model.")}
+    model_fields = flat_fields(config_lib.model_config(config.model.name).to_dict())
+    assert flat_fields(config.model.to_dict()) == model_fields
 
 
 def test_base_config_names_the_model():
     assert config_lib.base_config().model.name == "seed_cnn"
+
+
+def test_model_config_has_each_models_fields_and_refuses_others():
+    assert set(config_lib.model_config("seed_cnn")) == {"name", "dtype", "kernel_size",
+                                                        "filters", "head"}
+    for name in config_lib.BACKBONES:
+        assert set(config_lib.model_config(name)) == {"name", "dtype", "dropout", "remat"}
+    with pytest.raises(ValueError, match="config.model.name='vgg16'"):
+        config_lib.model_config("vgg16")
 
 
 def today_demo_config():

@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpajax.models import seed_cnn
+from hpajax.models import densenet, resnet, seed_cnn
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_BUILDERS = {"seed_cnn": seed_cnn.from_config}
+_BUILDERS = {"seed_cnn": seed_cnn.from_config,
+             **dict.fromkeys(resnet.VARIANTS, resnet.from_config),
+             **dict.fromkeys(densenet.VARIANTS, densenet.from_config)}
 DEFAULT = "seed_cnn"  # the model of a config.json written before config.model.name
 
 

@@ -128,3 +128,65 @@ class BatchNormReLU(nn.Module):
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return batch_norm_relu(x, scale, bias, self.epsilon)
+
+
+class TorchLayers(nn.Module):
+    """Base of the torchvision backbones' parts: their convolutions, BatchNorms, stem and head.
+
+    Convolutions have no bias and torch's symmetric padding ``kernel // 2``
+    (Flax's ``"SAME"`` pads one less before than after at stride 2);
+    BatchNorm has torch's defaults (momentum 0.1, i.e. Flax's 0.9; epsilon
+    1e-5) with float32 scale, bias and statistics. ``conv_init`` is the
+    convolutions' kernel init; a model overrides it as torchvision does.
+
+    Attributes:
+      dtype: computation dtype; parameters and statistics stay float32.
+      bn_momentum: running-statistics momentum.
+      bn_epsilon: variance epsilon.
+    """
+
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    # torch's kaiming_normal_ (ReLU gain, fan_in); JAX's "normal" is untruncated, as torch's.
+    conv_init = staticmethod(nn.initializers.variance_scaling(2.0, "fan_in", "normal"))
+
+    def conv(self, features: int, kernel: int, name: str, strides: int = 1) -> nn.Conv:
+        """A ``kernel``×``kernel`` convolution, no bias, padding ``kernel // 2`` on every side."""
+        pad = kernel // 2
+        return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                       padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
+                       param_dtype=jnp.float32, kernel_init=self.conv_init, name=name)
+
+    def batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
+        """BatchNorm with float32 scale, bias and statistics; output in ``dtype``."""
+        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                            epsilon=self.bn_epsilon, dtype=self.dtype,
+                            param_dtype=jnp.float32, name=name)
+
+    def norm_relu(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+        """``relu(BatchNorm(x))``."""
+        return nn.relu(self.batch_norm(train, name)(x))
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The attributes a child part inherits."""
+        return dict(dtype=self.dtype, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+
+    def stem(self, x: jax.Array, train: bool, features: int, names: tuple[str, str]
+             ) -> jax.Array:
+        """torchvision's stem: 7×7 stride-2 conv, BN, ReLU, 3×3 stride-2 max-pool padded by 1.
+
+        Flax's ``max_pool`` pads with -inf, as torch's does.
+        """
+        x = self.conv(features, 7, names[0], strides=2)(x.astype(self.dtype))
+        x = self.norm_relu(x, train, names[1])
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def head(self, x: jax.Array, train: bool, num_classes: int, dropout: float, name: str,
+             kernel_init: Any = nn.linear.default_kernel_init) -> jax.Array:
+        """Global average pooling (in float32), dropout, one dense layer: float32 logits."""
+        x = x.mean(axis=(1, 2), dtype=jnp.float32).astype(self.dtype)
+        x = nn.Dropout(dropout, deterministic=not train)(x)
+        x = nn.Dense(num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                     kernel_init=kernel_init, name=name)(x)
+        return x.astype(jnp.float32)

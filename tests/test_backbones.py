@@ -1,0 +1,52 @@
+"""The torchvision backbones through the trainer's own loop and commands, at toy size."""
+
+import json
+import pathlib
+
+import pytest
+from conftest import synthetic_store, tiny_config
+
+from hpajax import commands, config as config_lib, inference, models, train
+
+SIZE = 32  # the backbones pool 32x down: one pixel left before the global average
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> pathlib.Path:
+    """64 synthetic samples at 32 px, converted and split 70/10/20."""
+    return synthetic_store(tmp_path_factory.mktemp("data"), 64, SIZE)
+
+
+def backbone_config(store, name, **overrides):
+    config = tiny_config(store, **overrides)
+    config.model = config_lib.model_config(name)
+    return config
+
+
+def checkpoint_shas(workdir) -> list[str]:
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [r["params_sha256"] for r in map(json.loads, lines) if r["split"] == "checkpoint"]
+
+
+def test_every_backbone_is_registered():
+    for name in config_lib.BACKBONES:
+        assert type(models.create(config_lib.model_config(name))).__name__ in {
+            "ResNet", "DenseNet"}
+
+
+def test_resnet18_trains_resumes_exactly_and_evaluates(store, tmp_path):
+    """3 steps, stop, rerun to 6 == 6 uninterrupted; then evaluate and predict."""
+    full = backbone_config(store, "resnet18", **{"model.dropout": 0.2})
+    train.train_and_evaluate(full, str(tmp_path / "full"))
+    train.train_and_evaluate(backbone_config(store, "resnet18", total_steps=3,
+                                             **{"model.dropout": 0.2}), str(tmp_path / "split"))
+    train.train_and_evaluate(full, str(tmp_path / "split"))
+    assert checkpoint_shas(tmp_path / "full") == checkpoint_shas(tmp_path / "split")
+    assert len(checkpoint_shas(tmp_path / "full")) == 2
+
+    metrics = commands.evaluate_command(tmp_path / "full", draw_figures=False)
+    assert metrics["step"] in (3, 6) and metrics["test"]["samples"] > 0
+    out = commands.predict_command(tmp_path / "full", store, tmp_path / "pred")
+    assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
+    restored = inference.restore(tmp_path / "full")
+    assert type(restored.steps.model).__name__ == "ResNet"

@@ -1,0 +1,236 @@
+"""hpajax.models.resnet: torchvision's ResNets, their sizes, stem padding, remat, dropout.
+
+Parameter counts and shapes are traced only (``jax.eval_shape``); the
+compiled checks use ResNet-18 at 32 px.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from hpajax import models
+from hpajax.models import resnet
+
+# torchvision's sum(p.numel() for p in model.parameters()), 3 channels, 1,000 classes.
+TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
+SIZE = 32  # small input for the compiled checks: layer4 comes out 1x1
+
+
+def variant(name: str, **kwargs) -> resnet.ResNet:
+    stage_sizes, bottleneck = resnet.VARIANTS[name]
+    return resnet.ResNet(stage_sizes=stage_sizes, bottleneck=bottleneck, **kwargs)
+
+
+def images(batch: int, size: int, channels: int = 4, seed: int = 0) -> jax.Array:
+    """Random float32 images in [0, 1]."""
+    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels))
+
+
+def abstract_init(net: resnet.ResNet, shape: tuple[int, ...]) -> dict:
+    """Shapes and dtypes of ``net``'s variables for inputs of ``shape`` (nothing compiles)."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def net18() -> resnet.ResNet:
+    return variant("resnet18")
+
+
+@pytest.fixture(scope="module")
+def x() -> jax.Array:
+    return images(2, SIZE)
+
+
+@pytest.fixture(scope="module")
+def variables18(net18, x) -> dict:
+    """ResNet-18 variables with non-trivial running statistics (after one training step)."""
+    variables = jax.jit(lambda x: net18.init(jax.random.key(1), x, train=False))(x)
+    _, updates = jax.jit(lambda v, x: net18.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
+    return {"params": variables["params"], "batch_stats": updates["batch_stats"]}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_param_counts_match_torchvision(name):
+    """3 channels, 1,000 classes: torchvision's count; 4 channels, 28 classes: the difference."""
+    params = abstract_init(variant(name, num_classes=1000), (1, SIZE, SIZE, 3))["params"]
+    assert count(params) == TORCHVISION_PARAMS[name]
+    features = 2048 if resnet.VARIANTS[name][1] else 512
+    stem_extra = 7 * 7 * (4 - 3) * 64
+    fc_change = features * (28 - 1000) + (28 - 1000)
+    params = abstract_init(variant(name), (1, SIZE, SIZE, 4))["params"]
+    assert count(params) == TORCHVISION_PARAMS[name] + stem_extra + fc_change
+
+
+def test_names_follow_torchvision_state_dict():
+    """ResNet-50's layer names: torch's keys with ``layerI.J`` -> ``layerI_J``, downsample split."""
+    variables = abstract_init(variant("resnet50"), (1, SIZE, SIZE, 3))
+    params, stats = variables["params"], variables["batch_stats"]
+    blocks = [f"layer{stage}_{i}" for stage, n in enumerate((3, 4, 6, 3), 1) for i in range(n)]
+    assert set(params) == {"conv1", "bn1", "fc", *blocks}
+    assert set(stats) == {"bn1", *blocks}
+    inner = {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3"}
+    for block in blocks:
+        downsample = block.endswith("_0")  # each stage's first block changes the shape
+        assert set(params[block]) == inner | ({"downsample_conv", "downsample_bn"} if downsample
+                                              else set())
+    assert params["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)  # v1.5: stride here
+    assert params["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+    assert set(params["layer1_0"]["bn1"]) == {"scale", "bias"}
+    assert set(stats["layer1_0"]["bn1"]) == {"mean", "var"}
+    assert params["fc"]["kernel"].shape == (2048, 28)
+    blocks18 = abstract_init(variant("resnet18"), (1, SIZE, SIZE, 3))["params"]
+    assert "downsample_conv" not in blocks18["layer1_0"]  # 64 -> 64, stride 1: identity
+    assert "downsample_conv" in blocks18["layer2_0"]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("train", [False, True])
+def test_output_shape_and_dtype(dtype, train):
+    """4 channels, batch 2: float32 logits, params and statistics; computation in ``dtype``."""
+    net = variant("resnet18", dtype=dtype)
+    variables = abstract_init(net, (2, SIZE, SIZE, 4))
+    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
+    logits, updates = jax.eval_shape(
+        lambda v, x: net.apply(v, x, train=train, capture_intermediates=True,
+                               mutable=["batch_stats", "intermediates"]), variables, x)
+    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
+    for collection in (variables["params"], variables["batch_stats"], updates["batch_stats"]):
+        assert {leaf.dtype for leaf in jax.tree.leaves(collection)} == {jnp.dtype(jnp.float32)}
+    assert updates["intermediates"]["layer4_1"]["__call__"][0].dtype == dtype
+
+
+@pytest.mark.parametrize("side", [32, 33, 34, 35])
+def test_stem_sides_match_torch(side):
+    """Conv 7x7/2 pad 3 and max-pool 3x3/2 pad 1 give torch's floor((n + 2p - k) / s) + 1."""
+    net = variant("resnet18")
+    variables = abstract_init(net, (1, side, side, 4))
+    x = jax.ShapeDtypeStruct((1, side, side, 4), jnp.float32)
+    _, state = jax.eval_shape(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True,
+                                                     mutable=["intermediates"]), variables, x)
+    conv_side = (side + 2 * 3 - 7) // 2 + 1
+    pool_side = (conv_side + 2 * 1 - 3) // 2 + 1
+    assert state["intermediates"]["conv1"]["__call__"][0].shape == (1, conv_side, conv_side, 64)
+    # layer1 keeps the side (stride 1), so its output shows the pool's.
+    assert state["intermediates"]["layer1_0"]["__call__"][0].shape == (1, pool_side, pool_side, 64)
+
+
+def test_stem_conv_corners_equal_hand_computation(net18, variables18):
+    """The stem conv at both corners of a 32 px input equals NumPy's sum with zero padding 3.
+
+    ``out[i, j, o] = sum over dy, dx < 7 and c of xpad[2 i + dy, 2 j + dx, c] * k[dy, dx, c, o]``
+    with ``xpad`` the input with 3 zero rows and columns on every side. Flax's
+    ``"SAME"`` would pad 2 before and 3 after at this side, which moves every window.
+    """
+    x = images(1, SIZE, seed=3)
+    _, state = jax.jit(lambda v, x: net18.apply(v, x, train=False, capture_intermediates=True,
+                                                mutable=["intermediates"]))(variables18, x)
+    out = np.asarray(state["intermediates"]["conv1"]["__call__"][0][0], np.float64)
+    kernel = np.asarray(variables18["params"]["conv1"]["kernel"], np.float64)  # [7, 7, 4, 64]
+    xpad = np.pad(np.asarray(x[0], np.float64), ((3, 3), (3, 3), (0, 0)))
+    last = out.shape[0] - 1  # 15
+    for i, j in [(0, 0), (last, last)]:
+        window = xpad[2 * i:2 * i + 7, 2 * j:2 * j + 7, :]
+        expected = np.einsum("hwc,hwco->o", window, kernel)
+        np.testing.assert_allclose(out[i, j], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_pads_with_minus_infinity():
+    """``nn.max_pool`` with explicit padding pads with -inf, as torch: a negative corner stays."""
+    x = -jnp.arange(1.0, 17.0).reshape(1, 4, 4, 1)
+    pooled = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # top-left window: input rows/columns 0..1 only -> max(-1, -2, -5, -6) = -1, not a padded 0
+    np.testing.assert_array_equal(pooled[0, :, :, 0], [[-1.0, -2.0], [-5.0, -6.0]])
+
+
+def test_conv_init_is_torchvision_kaiming_normal(variables18):
+    """Conv kernels: untruncated normal, std sqrt(2 / fan_out); BN scale 1, bias 0."""
+    kernel = np.asarray(variables18["params"]["layer4_1"]["conv2"]["kernel"])  # 3x3x512x512
+    std = np.sqrt(2.0 / (3 * 3 * 512))
+    assert abs(kernel.std() / std - 1) < 0.01
+    assert abs(np.mean(np.abs(kernel) > 2 * std) - 0.0455) < 0.002  # a truncated normal has none
+    bn = variables18["params"]["layer4_1"]["bn2"]
+    np.testing.assert_array_equal(bn["scale"], 1.0)
+    np.testing.assert_array_equal(bn["bias"], 0.0)
+
+
+def test_remat_same_values_and_gradients(net18, variables18, x):
+    """``remat=True`` keeps the variables' structure, logits, gradients and statistics."""
+    remat = variant("resnet18", remat=True)
+    assert (jax.tree.structure(abstract_init(remat, x.shape))
+            == jax.tree.structure(abstract_init(net18, x.shape)))
+
+    def checkpoints(net):
+        """Top-level jax.checkpoint calls in the traced forward pass (one per block)."""
+        jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables18, x)
+        return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
+                   for eqn in jaxpr.jaxpr.eqns)
+
+    assert (checkpoints(remat), checkpoints(net18)) == (8, 0)
+
+    def eval_logits(net):
+        return jax.jit(lambda v, x: net.apply(v, x, train=False))(variables18, x)
+
+    np.testing.assert_allclose(eval_logits(remat), eval_logits(net18), rtol=1e-6, atol=1e-6)
+
+    def grads(net):
+        def loss(params):
+            logits, updates = net.apply({**variables18, "params": params}, x, train=True,
+                                        mutable=["batch_stats"])
+            return jnp.sum(logits * jnp.arange(28.0) / 28), updates["batch_stats"]
+        return jax.jit(jax.grad(loss, has_aux=True))(variables18["params"])
+
+    (g_remat, s_remat), (g_plain, s_plain) = grads(remat), grads(net18)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+    jax.tree.map(close, g_remat, g_plain)
+    jax.tree.map(close, s_remat, s_plain)
+
+
+def test_dropout(net18, variables18, x):
+    """Dropout 0.5: eval is deterministic and dropout 0.0's; train with a dropout rng differs."""
+    dropped = variant("resnet18", dropout=0.5)
+    evaluate = jax.jit(lambda v, x: dropped.apply(v, x, train=False))
+    first = evaluate(variables18, x)
+    np.testing.assert_array_equal(first, evaluate(variables18, x))
+    np.testing.assert_allclose(first, jax.jit(lambda v, x: net18.apply(v, x, train=False))(
+        variables18, x), rtol=1e-6, atol=1e-6)
+
+    def train(net, key):
+        return jax.jit(lambda v, x, k: net.apply(v, x, train=True, mutable=["batch_stats"],
+                                                 rngs={"dropout": k})[0])(variables18, x, key)
+
+    plain = train(net18, jax.random.key(0))
+    assert np.all(np.isfinite(plain))
+    assert np.abs(train(dropped, jax.random.key(0)) - plain).max() > 1e-3
+
+
+def test_from_config():
+    """``from_config`` builds each variant; dropout and remat default to 0.0 and False."""
+    for name, (stage_sizes, bottleneck) in resnet.VARIANTS.items():
+        net = resnet.from_config(ml_collections.ConfigDict({"name": name}), jnp.bfloat16)
+        assert (tuple(net.stage_sizes), net.bottleneck) == (stage_sizes, bottleneck)
+        assert (net.dropout, net.remat, net.dtype, net.num_classes) == (0.0, False, jnp.bfloat16, 28)
+    cfg = ml_collections.ConfigDict({"name": "resnet34", "dropout": 0.25, "remat": True})
+    net = resnet.from_config(cfg, jnp.float32)
+    assert (net.dropout, net.remat) == (0.25, True)
+    with pytest.raises(ValueError, match="resnet50"):
+        resnet.from_config(ml_collections.ConfigDict({"name": "resnet101"}), jnp.float32)
+
+
+def test_param_counts_helper_sees_torch_layers():
+    """``models.param_counts`` splits ResNet-18's parameters by torch's top-level names."""
+    params = abstract_init(variant("resnet18", num_classes=1000), (1, SIZE, SIZE, 3))["params"]
+    counts = models.param_counts(params)
+    assert counts["conv1"] == 7 * 7 * 3 * 64
+    assert counts["fc"] == 512 * 1000 + 1000
+    assert counts["layer1_0"] == 2 * (3 * 3 * 64 * 64 + 2 * 64)
