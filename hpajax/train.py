@@ -8,6 +8,7 @@ sums only when it logs or saves, its only host syncs.
 
 from __future__ import annotations
 
+import pathlib
 import time
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ from hpajax import checkpointing, evaluate, inference, logs, losses, preemption
 from hpajax import steps as steps_lib
 from hpajax import workdir as workdir_lib
 from hpajax.data.run_data import RunData, open_run_data
+from hpajax.files import write_atomic
+from hpajax.models import weights
 from hpajax.predictions import Predictions
 from hpajax.steps import Steps, TrainState
 
@@ -35,6 +38,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     steps = build_steps(config, data)
     config.data.input_size = steps.image_shape[0]  # recorded: prediction needs no store
     ckpt = checkpointing.Checkpointer.of_run(workdir, config)
+    try:
+        return _resume_and_run(config, workdir, data, steps, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _resume_and_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: RunData,
+                    steps: Steps, ckpt: checkpointing.Checkpointer) -> dict[str, float]:
+    """Checks the workdir, restores its latest step (or starts), runs the loop."""
     resuming = bool(ckpt.manager.all_steps())
     primary = jax.process_index() == 0  # the one writer of the workdir's own files
     workdir_lib.check_data(workdir, data.fingerprint(), resuming, write=primary)
@@ -46,6 +58,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if restored is not None:
         start, state, sums = restored
         print(f"resumed from {workdir / 'checkpoints'} at step {start}")
+    elif config.model.get("init_from"):
+        state = start_from_file(steps, state, config, workdir)
     log = logs.MetricsLog(workdir, start)
     print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
     preempt = preemption.Preemption(ckpt.reached_preemption)
@@ -53,8 +67,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _Loop(steps, data, ckpt, log, preempt).run(state, sums, train_iter, start)
     finally:
         preempt.close()
-        ckpt.close()
         log.close()
+
+
+def start_from_file(steps: Steps, state: TrainState, config: ml_collections.ConfigDict,
+                    workdir: pathlib.Path) -> TrainState:
+    """``state`` with ``config.model.init_from``'s weights, before the first step.
+
+    Every tensor of the file, loaded or skipped, is listed in
+    ``WORKDIR/init_from.txt``; the optimizer starts afresh.
+    """
+    path = config.model.init_from
+    variables = {"params": jax.device_get(state.params),
+                 "batch_stats": jax.device_get(state.batch_stats)}
+    imported = weights.import_state(weights.read_safetensors(path), variables,
+                                    config.data.channels, source=f"config.model.init_from={path}")
+    if jax.process_index() == 0:
+        write_atomic(workdir / "init_from.txt", "".join(f"{line}\n" for line in imported.lines()))
+    print(f"init_from {path}: {len(imported.loaded)} tensors loaded, "
+          f"{len(imported.skipped)} skipped (the list: {workdir / 'init_from.txt'})")
+    state = state.replace(params=imported.params, batch_stats=imported.batch_stats,
+                          opt_state=steps.tx.init(imported.params),
+                          plateau=steps.plateau.init(imported.params))
+    return jax.device_put(state, steps.replicated)
 
 
 def build_steps(config: ml_collections.ConfigDict, data: RunData) -> Steps:

@@ -50,3 +50,29 @@ def test_resnet18_trains_resumes_exactly_and_evaluates(store, tmp_path):
     assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
     restored = inference.restore(tmp_path / "full")
     assert type(restored.steps.model).__name__ == "ResNet"
+
+
+def test_init_from_loads_a_torchvision_file_before_the_first_step(store, tmp_path):
+    """ResNet-18 weights in torchvision's names (seeded, as test_weights.py's) start a run."""
+    from safetensors.numpy import save_file
+
+    from test_weights import seeded_state_dict, torchvision_names_shapes
+
+    state = seeded_state_dict(torchvision_names_shapes("resnet18"), seed=0)
+    save_file(state, str(tmp_path / "resnet18.safetensors"))
+    config = backbone_config(store, "resnet18", total_steps=2, eval_every=2,
+                             checkpoint_every=2)
+    config.model.init_from = str(tmp_path / "resnet18.safetensors")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    listed = (tmp_path / "run" / "init_from.txt").read_text().splitlines()
+    assert len(listed) == len(state)  # every tensor of the file, loaded or skipped
+    assert "skipped fc.weight: the classifier is new: 28 logits" in listed
+    assert sum(line.startswith("loaded ") for line in listed) == len(
+        [k for k in state if not k.startswith("fc.") and "num_batches" not in k])
+
+    bad = backbone_config(store, "resnet34")
+    bad.model.init_from = str(tmp_path / "resnet18.safetensors")
+    with pytest.raises(ValueError, match="init_from=.*no tensor for"):
+        train.train_and_evaluate(bad, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists() or not any(
+        (tmp_path / "bad" / "checkpoints").iterdir())

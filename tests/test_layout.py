@@ -19,6 +19,7 @@ FLOORS = {
              "synthetic.scene", "synthetic.patterns", "synthetic.render",
              "synthetic.kaggle_files"],
     "math": ["models", "models.layers", "models.seed_cnn", "models.resnet", "models.densenet",
+             "models.weights",
              "augment", "losses"],
     "steps": ["steps"],
     "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "xla_defaults",

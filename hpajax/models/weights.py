@@ -1,0 +1,141 @@
+"""Pretrained weights from a torchvision- or timm-named safetensors file into a backbone.
+
+The backbones' layer names follow torchvision's state-dict keys (see
+``resnet.py`` and ``densenet.py``), so a key maps onto a variable by rule:
+drop a leading ``features.``; ``layerI.J`` is ``layerI_J``;
+``downsample.0``/``.1`` are ``downsample_conv``/``downsample_bn``; the older
+torchvision DenseNet names ``norm.1``, ``conv.1``, ``norm.2``, ``conv.2``
+are ``norm1``, ``conv1``, ``norm2``, ``conv2``; every other dot is one level
+of nesting. A conv ``weight`` [O, I, kh, kw] becomes ``kernel`` [kh, kw, I, O],
+a linear ``weight`` [out, in] ``kernel`` [in, out], BatchNorm ``weight`` and
+``bias`` ``scale`` and ``bias``, ``running_mean`` and ``running_var`` the
+``batch_stats`` ``mean`` and ``var``; ``num_batches_tracked`` has no
+counterpart. The classifier is new (28 logits): the file's is skipped.
+
+Input channels: an RGB stem grows to red, green, blue, yellow with yellow's
+filters the mean of red's and green's (HPAv18's yellow image is the mean of
+its red and green), then keeps the configured channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from flax import traverse_util
+
+_RENAMES = ((re.compile(r"^features\."), ""),
+            (re.compile(r"\blayer(\d+)\.(\d+)\b"), r"layer\1_\2"),
+            (re.compile(r"\bdownsample\.0\b"), "downsample_conv"),
+            (re.compile(r"\bdownsample\.1\b"), "downsample_bn"),
+            (re.compile(r"\b(norm|conv)\.([12])\b"), r"\1\2"))
+# A tensor kind -> the (collection, leaf) it may be; a weight is BatchNorm's
+# scale where the module has one, else a kernel.
+_LEAVES = {"running_mean": (("batch_stats", "mean"),), "running_var": (("batch_stats", "var"),),
+           "bias": (("params", "bias"),), "weight": (("params", "scale"), ("params", "kernel"))}
+_HEADS = ("fc", "classifier")  # the backbones' final dense layers
+_RGB = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """A backbone's variables with a file's tensors in them, and what went where."""
+
+    params: dict
+    batch_stats: dict
+    loaded: list[str]  # the file's keys that were loaded
+    skipped: list[tuple[str, str]]  # (file key, why)
+
+    def lines(self) -> list[str]:
+        """One line per tensor of the file: loaded, or skipped and why."""
+        return ([f"loaded  {key}" for key in self.loaded]
+                + [f"skipped {key}: {why}" for key, why in self.skipped])
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as NumPy arrays (no torch needed)."""
+    from safetensors import SafetensorError  # noqa: PLC0415  (only runs that import weights)
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
+    try:
+        return load_file(os.fspath(path))
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"config.model.init_from={path}: cannot read it as safetensors "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequence[int],
+                 source: str = "the file", new_head: bool = True) -> Imported:
+    """``variables`` (``params`` and ``batch_stats``) with the tensors of ``state`` in them.
+
+    With ``new_head`` the file's classifier is skipped and the backbone's
+    kept (28 logits against ImageNet's 1,000). Raises ValueError naming the
+    first tensor of ``state`` that fits no variable, or whose shape differs,
+    and the first variable (a new head aside) that ``state`` lacks.
+    """
+    heads = _HEADS if new_head else ()
+    params = traverse_util.flatten_dict(variables["params"])
+    stats = traverse_util.flatten_dict(variables["batch_stats"])
+    new = {"params": dict(params), "batch_stats": dict(stats)}
+    loaded, skipped, filled = [], [], set()
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            skipped.append((key, "a counter, no counterpart"))
+            continue
+        collection, path = _target(key, params, stats, source)
+        if path[0] in heads:
+            skipped.append((key, "the classifier is new: 28 logits"))
+            continue
+        expected = new[collection][path]
+        new[collection][path] = _converted(key, np.asarray(value), expected.shape, channels,
+                                           source)
+        loaded.append(key)
+        filled.add((collection, path))
+    missing = [f"{c}/{'/'.join(p)}" for c, tree in (("params", params), ("batch_stats", stats))
+               for p in tree if (c, p) not in filled and p[0] not in heads]
+    if missing:
+        raise ValueError(f"{source}: no tensor for {missing[0]} ({len(missing)} variables of "
+                         "the backbone are missing): not a checkpoint of this backbone")
+    return Imported(traverse_util.unflatten_dict(new["params"]),
+                    traverse_util.unflatten_dict(new["batch_stats"]), loaded, skipped)
+
+
+def _target(key: str, params: dict, stats: dict, source: str) -> tuple[str, tuple[str, ...]]:
+    """Where a file's tensor goes: (collection, flattened variable path)."""
+    name = key
+    for pattern, replacement in _RENAMES:
+        name = pattern.sub(replacement, name)
+    *module, kind = name.split(".")
+    module = tuple(module)
+    candidates = _LEAVES.get(kind, ())
+    for collection, leaf in candidates:
+        if module + (leaf,) in (params if collection == "params" else stats):
+            return collection, module + (leaf,)
+    raise ValueError(f"{source}: tensor {key!r} fits no variable of this backbone (read as "
+                     f"{'/'.join(module) or '?'} {kind}): a checkpoint of another model?")
+
+
+def _converted(key: str, value: np.ndarray, shape: tuple[int, ...], channels: Sequence[int],
+               source: str) -> np.ndarray:
+    """A torch tensor in Flax layout (and the stem's channels), checked against ``shape``."""
+    if value.ndim == 4:  # conv [O, I, kh, kw] -> [kh, kw, I, O]
+        value = value.transpose(2, 3, 1, 0)
+        if value.shape[2] == _RGB and shape[2] != _RGB:
+            value = _stem_channels(value, channels)
+    elif value.ndim == 2:  # linear [out, in] -> [in, out]
+        value = value.T
+    if value.shape != tuple(shape):
+        raise ValueError(f"{source}: tensor {key!r} has shape {list(value.shape)} in Flax "
+                         f"layout, the backbone's is {list(shape)}")
+    return value.astype(np.float32)
+
+
+def _stem_channels(kernel: np.ndarray, channels: Sequence[int]) -> np.ndarray:
+    """An RGB kernel [kh, kw, 3, O] as red, green, blue, yellow = (red + green) / 2, then
+    the chosen channels."""
+    yellow = kernel[:, :, :2].mean(axis=2, keepdims=True)
+    return np.concatenate([kernel, yellow], axis=2)[:, :, list(channels)]
+
