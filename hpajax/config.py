@@ -78,6 +78,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         c.dropout = 0.0  # dropout rate before the 28-logit layer
         c.remat = False  # recompute each block in the backward pass: less memory at 512 px
         c.init_from = ""  # a torchvision/timm .safetensors file to start from ("": scratch)
+        c.normalize = ""  # inputs: "unit" (÷255) or "imagenet"; "": imagenet with init_from
     else:
         raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "
                          f"{', '.join(BACKBONES)}")

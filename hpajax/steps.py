@@ -97,13 +97,47 @@ def resize(images: jax.Array, size: int) -> jax.Array:
                             "linear", antialias=True)
 
 
-def model_input(images: jax.Array, size: int) -> jax.Array:
-    """Un-augmented uint8 images as the model sees them: float [0, 1] at ``size``."""
-    return resize(augment.to_float(images), size)
+# torchvision's ImageNet channel statistics (red, green, blue) and yellow's as
+# the mean of red's and green's, as the stem's yellow filters (models/weights.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406, 0.4705)
+IMAGENET_STD = (0.229, 0.224, 0.225, 0.2265)
+Normalization = tuple[np.ndarray, np.ndarray] | None  # per-channel (mean, std), or none
+
+
+def normalization_name(config: ml_collections.ConfigDict) -> str:
+    """``config.model.normalize``: "unit" (the seed's ÷255 only) or "imagenet"; unset, it
+    is "imagenet" for a run that starts from ImageNet weights (``model.init_from``)."""
+    name = config.model.get("normalize", "") or (
+        "imagenet" if config.model.get("init_from") else "unit")
+    if name not in ("unit", "imagenet"):
+        raise ValueError(f"config.model.normalize={name!r}: choose 'unit' or 'imagenet'")
+    return name
+
+
+def input_normalization(config: ml_collections.ConfigDict) -> Normalization:
+    """The per-channel (mean, std) the inputs in [0, 1] are normalized with, or None."""
+    if normalization_name(config) == "unit":
+        return None
+    channels = list(config.data.channels)
+    return (np.asarray(IMAGENET_MEAN, np.float32)[channels],
+            np.asarray(IMAGENET_STD, np.float32)[channels])
+
+
+def normalized(images: jax.Array, norm: Normalization) -> jax.Array:
+    """``(images - mean) / std`` per channel, or ``images`` unchanged without a normalization."""
+    if norm is None:
+        return images
+    mean, std = norm
+    return (images - mean) / std
+
+
+def model_input(images: jax.Array, size: int, norm: Normalization = None) -> jax.Array:
+    """Un-augmented uint8 images as the model sees them: float at ``size``, normalized."""
+    return normalized(resize(augment.to_float(images), size), norm)
 
 
 def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn,
-               aug_cfg, size: int) -> tuple[TrainState, dict]:
+               aug_cfg, size: int, norm: Normalization = None) -> tuple[TrainState, dict]:
     """One optimizer step on an augmented global batch; adds its loss to ``sums``.
 
     A NaN/Inf loss, gradient or update leaves the state as it was (the step
@@ -111,7 +145,7 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     first, and the loop decides on the host whether to stop or go on.
     """
     key = jax.random.fold_in(state.rng, state.step)
-    images = resize(augment.augment(key, batch["image"], aug_cfg), size)
+    images = normalized(resize(augment.augment(key, batch["image"], aug_cfg), size), norm)
     labels = batch["label"].astype(jnp.float32)
 
     def compute(params):
@@ -140,24 +174,26 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
-def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int,
+              norm: Normalization = None) -> dict:
     """Probabilities and the masked loss sum of an un-augmented batch."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         model_input(batch["image"], size), train=False)
+                         model_input(batch["image"], size, norm), train=False)
     loss = loss_fn(logits, batch["label"].astype(jnp.float32))
     mask = batch["mask"]
     return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(),
             "probs": jax.nn.sigmoid(logits)}
 
 
-def moments_step(state: TrainState, batch: dict, *, model, size: int) -> dict:
+def moments_step(state: TrainState, batch: dict, *, model, size: int,
+                 norm: Normalization = None) -> dict:
     """Each BatchNorm's batch mean and mean of squares, in training mode.
 
     A head's dropout, after every BatchNorm, draws from a fixed key: it does
     not change the moments.
     """
     _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             model_input(batch["image"], size), train=True,
+                             model_input(batch["image"], size, norm), train=True,
                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
     flat = traverse_util.flatten_dict(updated["batch_stats"])
     return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
@@ -186,16 +222,17 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int,
                                               patience=config.optimizer.plateau_patience)
     rep = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec("data"))
-    size = image_shape[0]
+    size, norm = image_shape[0], input_normalization(config)
     train = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
-                                      aug_cfg=config.augment, size=size),
+                                      aug_cfg=config.augment, size=size, norm=norm),
                     in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                     donate_argnums=(0, 2))
-    evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size),
+    evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size,
+                                         norm=norm),
                        in_shardings=(rep, data),
                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
-                                        size=size),
+                                        size=size, norm=norm),
                       in_shardings=(rep, data), out_shardings=rep)
     return Steps(config, image_shape, mesh, model, tx, plateau, train, evaluate, moments)
 

@@ -37,6 +37,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data = open_run_data(config.data)
     steps = build_steps(config, data)
     config.data.input_size = steps.image_shape[0]  # recorded: prediction needs no store
+    if "init_from" in config.model:  # recorded: the normalization goes with the weights
+        config.model.normalize = steps_lib.normalization_name(config)
     ckpt = checkpointing.Checkpointer.of_run(workdir, config)
     try:
         return _resume_and_run(config, workdir, data, steps, ckpt)

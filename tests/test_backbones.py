@@ -3,10 +3,15 @@
 import json
 import pathlib
 
+import jax
+import numpy as np
 import pytest
 from conftest import synthetic_store, tiny_config
 
 from hpajax import commands, config as config_lib, inference, models, train
+from hpajax import steps as steps_lib
+from hpajax.data import pipeline
+from hpajax.data.run_data import open_run_data
 
 SIZE = 32  # the backbones pool 32x down: one pixel left before the global average
 
@@ -18,8 +23,10 @@ def store(tmp_path_factory) -> pathlib.Path:
 
 
 def backbone_config(store, name, **overrides):
-    config = tiny_config(store, **overrides)
+    """tiny.py with the backbone ``name``, then the flattened ``overrides``."""
+    config = tiny_config(store)
     config.model = config_lib.model_config(name)
+    config.update_from_flattened_dict(overrides)
     return config
 
 
@@ -64,6 +71,8 @@ def test_init_from_loads_a_torchvision_file_before_the_first_step(store, tmp_pat
                              checkpoint_every=2)
     config.model.init_from = str(tmp_path / "resnet18.safetensors")
     train.train_and_evaluate(config, str(tmp_path / "run"))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["normalize"] == "imagenet"  # the weights' input statistics
     listed = (tmp_path / "run" / "init_from.txt").read_text().splitlines()
     assert len(listed) == len(state)  # every tensor of the file, loaded or skipped
     assert "skipped fc.weight: the classifier is new: 28 logits" in listed
@@ -76,3 +85,20 @@ def test_init_from_loads_a_torchvision_file_before_the_first_step(store, tmp_pat
         train.train_and_evaluate(bad, str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "checkpoints").exists() or not any(
         (tmp_path / "bad" / "checkpoints").iterdir())
+
+
+def test_imagenet_normalization_is_what_the_model_sees(store):
+    """Red, green, yellow at ImageNet's statistics (yellow's: the mean of red's and green's)."""
+    config = backbone_config(store, "resnet18", **{"model.normalize": "imagenet",
+                                                   "data.channels": (0, 1, 3)})
+    data = open_run_data(config.data)
+    steps = train.build_steps(config, data)
+    state = steps_lib.init_state(steps)
+    batch = next(iter(pipeline.eval_dataset(data.store, data.rows("val"), batch_size=16,
+                                            channels=(0, 1, 3))))
+    probs = steps.eval(state, steps_lib.to_device(steps, batch))["probs"]
+    mean, std = np.array([0.485, 0.456, 0.4705]), np.array([0.229, 0.224, 0.2265])
+    x = ((batch["image"] / 255.0 - mean) / std).astype(np.float32)
+    logits = steps.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                               train=False)
+    np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), atol=1e-5)
