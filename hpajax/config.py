@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
     c.optimizer.eps = 1e-7  # Keras' Adam epsilon
     c.optimizer.weight_decay = 1e-8
+    c.optimizer.decay = "all"  # what weight decay applies to: "all" or "kernels"
     c.optimizer.plateau_factor = 0.1  # LR x0.1 ...
     c.optimizer.plateau_patience = 3  # ... after 3 evaluations without val-loss improvement
 

@@ -70,9 +70,24 @@ def make_mesh(batch_size: int) -> Mesh:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam as the seed's Table 4, with decoupled weight decay."""
+    """Adam as the seed's Table 4, with decoupled weight decay.
+
+    ``cfg.decay`` says what decays: "all" parameters (the seed's), or only
+    "kernels", leaving BatchNorm scales and biases alone as pretrained
+    backbones are fine-tuned.
+    """
+    decay = cfg.get("decay", "all")
+    if decay not in ("all", "kernels"):
+        raise ValueError(f"config.optimizer.decay={decay!r}: choose 'all' or 'kernels'")
+    mask = None if decay == "all" else _kernels
     return optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                       weight_decay=cfg.weight_decay)
+                       weight_decay=cfg.weight_decay, mask=mask)
+
+
+def _kernels(params: Any) -> Any:
+    """True at the convolution and dense kernels of a parameter tree, False elsewhere."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def input_shape(config: ml_collections.ConfigDict, image_size: int = 0

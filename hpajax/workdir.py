@@ -25,7 +25,7 @@ DATA = "data.json"
 SHAPE_FIELDS = ("model", "data.channels", "data.input_size")
 # Fields added to the config since the first saved config.json, with the value
 # a config without them meant: older workdirs load, resume and evaluate as before.
-ADDED_FIELDS = {"model.name": "seed_cnn"}
+ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all"}
 
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"  # GPU/TPU speed; float32 on a CPU
     config.model.remat = True  # the dense blocks' concatenations are large at 512 px
     config.optimizer.learning_rate = 3e-4  # Adam at 3e-4, as the winner
+    config.optimizer.decay = "kernels"  # no weight decay on BatchNorm and biases
     config.loss = "focal"  # the winner's loss had a focal term (gamma 2)
     config.batch_size = 32
     # One evaluation per epoch of the 70 % training part of the 31,072 Kaggle samples.

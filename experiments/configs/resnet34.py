@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model_config("resnet34")  # 3, 4, 6, 3 basic blocks, BatchNorm 0.9 / 1e-5
     config.model.dtype = "bfloat16"  # GPU/TPU speed; float32 on a CPU
     config.optimizer.learning_rate = 3e-4  # Adam at 3e-4, as the top Kaggle teams
+    config.optimizer.decay = "kernels"  # no weight decay on BatchNorm and biases
     config.loss = "focal"  # the winners' focal loss (gamma 2), for the rare classes
     config.batch_size = 32
     # One evaluation per epoch of the 70 % training part of the 31,072 Kaggle samples.
