@@ -41,63 +41,72 @@ def test_every_backbone_is_registered():
             "ResNet", "DenseNet"}
 
 
-def test_resnet18_trains_resumes_exactly_and_evaluates(store, tmp_path):
-    """3 steps, stop, rerun to 6 == 6 uninterrupted; then evaluate and predict."""
-    full = backbone_config(store, "resnet18", **{"model.dropout": 0.2})
-    train.train_and_evaluate(full, str(tmp_path / "full"))
-    train.train_and_evaluate(backbone_config(store, "resnet18", total_steps=3,
-                                             **{"model.dropout": 0.2}), str(tmp_path / "split"))
-    train.train_and_evaluate(full, str(tmp_path / "split"))
-    assert checkpoint_shas(tmp_path / "full") == checkpoint_shas(tmp_path / "split")
-    assert len(checkpoint_shas(tmp_path / "full")) == 2
-
-    metrics = commands.evaluate_command(tmp_path / "full", draw_figures=False)
-    assert metrics["step"] in (3, 6) and metrics["test"]["samples"] > 0
-    out = commands.predict_command(tmp_path / "full", store, tmp_path / "pred")
-    assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
-    restored = inference.restore(tmp_path / "full")
-    assert type(restored.steps.model).__name__ == "ResNet"
-
-
-def test_init_from_loads_a_torchvision_file_before_the_first_step(store, tmp_path):
-    """ResNet-18 weights in torchvision's names (seeded, as test_weights.py's) start a run."""
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """ResNet-18 weights in torchvision's names (seeded, as test_weights.py's), and the file."""
     from safetensors.numpy import save_file
 
     from test_weights import seeded_state_dict, torchvision_names_shapes
 
     state = seeded_state_dict(torchvision_names_shapes("resnet18"), seed=0)
-    save_file(state, str(tmp_path / "resnet18.safetensors"))
-    config = backbone_config(store, "resnet18", total_steps=2, eval_every=2,
-                             checkpoint_every=2)
-    config.model.init_from = str(tmp_path / "resnet18.safetensors")
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    path = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
+    save_file(state, str(path))
+    return path, state
+
+
+def pretrained_config(store, weights_file, **overrides):
+    """ResNet-18 from the seeded file, with head dropout; one set of compiled programs."""
+    config = backbone_config(store, "resnet18", **{"model.dropout": 0.2, **overrides})
+    config.model.init_from = str(weights_file[0])
+    return config
+
+
+def test_resnet18_from_torchvision_weights_trains_resumes_exactly_and_evaluates(
+        store, weights_file, tmp_path):
+    """init_from, then 3 steps, stop, rerun to 6 == 6 uninterrupted; evaluate and predict."""
+    train.train_and_evaluate(pretrained_config(store, weights_file), str(tmp_path / "full"))
+    train.train_and_evaluate(pretrained_config(store, weights_file, total_steps=3),
+                             str(tmp_path / "split"))
+    train.train_and_evaluate(pretrained_config(store, weights_file), str(tmp_path / "split"))
+    assert checkpoint_shas(tmp_path / "full") == checkpoint_shas(tmp_path / "split")
+    assert len(checkpoint_shas(tmp_path / "full")) == 2
+
+    run = tmp_path / "full"
+    saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["normalize"] == "imagenet"  # the weights' input statistics
-    listed = (tmp_path / "run" / "init_from.txt").read_text().splitlines()
+    state = weights_file[1]
+    listed = (run / "init_from.txt").read_text().splitlines()
     assert len(listed) == len(state)  # every tensor of the file, loaded or skipped
     assert "skipped fc.weight: the classifier is new: 28 logits" in listed
     assert sum(line.startswith("loaded ") for line in listed) == len(
         [k for k in state if not k.startswith("fc.") and "num_batches" not in k])
 
+    metrics = commands.evaluate_command(run, draw_figures=False)
+    assert metrics["step"] in (3, 6) and metrics["test"]["samples"] > 0
+    out = commands.predict_command(run, store, tmp_path / "pred")
+    assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
+    assert type(inference.restore(run).steps.model).__name__ == "ResNet"
+
+
+def test_a_file_of_another_backbone_stops_the_run_before_its_first_step(
+        store, weights_file, tmp_path):
     bad = backbone_config(store, "resnet34")
-    bad.model.init_from = str(tmp_path / "resnet18.safetensors")
+    bad.model.init_from = str(weights_file[0])
     with pytest.raises(ValueError, match="init_from=.*no tensor for"):
-        train.train_and_evaluate(bad, str(tmp_path / "bad"))
-    assert not (tmp_path / "bad" / "checkpoints").exists() or not any(
-        (tmp_path / "bad" / "checkpoints").iterdir())
+        train.train_and_evaluate(bad, str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_imagenet_normalization_is_what_the_model_sees(store):
-    """Red, green, yellow at ImageNet's statistics (yellow's: the mean of red's and green's)."""
-    config = backbone_config(store, "resnet18", **{"model.normalize": "imagenet",
-                                                   "data.channels": (0, 1, 3)})
+def test_imagenet_normalization_is_what_the_model_sees(store, weights_file):
+    """ImageNet's statistics per channel, yellow's the mean of red's and green's."""
+    config = pretrained_config(store, weights_file)
     data = open_run_data(config.data)
     steps = train.build_steps(config, data)
     state = steps_lib.init_state(steps)
-    batch = next(iter(pipeline.eval_dataset(data.store, data.rows("val"), batch_size=16,
-                                            channels=(0, 1, 3))))
+    batch = next(iter(pipeline.eval_dataset(data.store, data.rows("val"), batch_size=16)))
     probs = steps.eval(state, steps_lib.to_device(steps, batch))["probs"]
-    mean, std = np.array([0.485, 0.456, 0.4705]), np.array([0.229, 0.224, 0.2265])
+    mean = np.array([0.485, 0.456, 0.406, 0.4705])
+    std = np.array([0.229, 0.224, 0.225, 0.2265])
     x = ((batch["image"] / 255.0 - mean) / std).astype(np.float32)
     logits = steps.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
                                train=False)
