@@ -1,4 +1,5 @@
-"""The training loop: when to log, evaluate, save and stop.
+"""The training loop: where a run starts (its latest checkpoint, or a weights file), when
+to log, evaluate, save and stop.
 
 Everything else comes from below: the data (``data.run_data``), the jitted
 steps (``steps``), BatchNorm recalibration and prediction (``inference``),
