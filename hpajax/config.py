@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-7  # Keras' Adam epsilon
     c.optimizer.weight_decay = 1e-8
     c.optimizer.decay = "all"  # what weight decay applies to: "all" or "kernels"
+    c.optimizer.head_warmup_steps = 0  # first steps in which the backbone's LR is scaled ...
+    c.optimizer.head_warmup_scale = 0.0  # ... by this (0: frozen), so a new head settles first
     c.optimizer.plateau_factor = 0.1  # LR x0.1 ...
     c.optimizer.plateau_patience = 3  # ... after 3 evaluations without val-loss improvement
 
@@ -80,6 +82,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         c.remat = False  # recompute each block in the backward pass: less memory at 512 px
         c.init_from = ""  # a torchvision/timm .safetensors file to start from ("": scratch)
         c.normalize = ""  # inputs: "unit" (÷255) or "imagenet"; "": imagenet with init_from
+        c.yellow_init = "mean_red_green"  # yellow stem filters from RGB: or "mean_rgb", "zeros"
     else:
         raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "
                          f"{', '.join(BACKBONES)}")

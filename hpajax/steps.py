@@ -23,6 +23,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpajax import augment, losses, models
+from hpajax.models.layers import HEAD_NAMES
 
 
 @flax.struct.dataclass
@@ -74,20 +75,40 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
     ``cfg.decay`` says what decays: "all" parameters (the seed's), or only
     "kernels", leaving BatchNorm scales and biases alone as pretrained
-    backbones are fine-tuned.
+    backbones are fine-tuned. With ``cfg.head_warmup_steps`` the backbone's
+    updates are scaled by ``cfg.head_warmup_scale`` (0: frozen) for those
+    first steps, so that a new head settles before pretrained layers move.
     """
     decay = cfg.get("decay", "all")
     if decay not in ("all", "kernels"):
         raise ValueError(f"config.optimizer.decay={decay!r}: choose 'all' or 'kernels'")
     mask = None if decay == "all" else _kernels
-    return optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                       weight_decay=cfg.weight_decay, mask=mask)
+    tx = optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay, mask=mask)
+    warmup = cfg.get("head_warmup_steps", 0)
+    if warmup < 0:
+        raise ValueError(f"config.optimizer.head_warmup_steps={warmup}: must be 0 or more")
+    if not warmup:
+        return tx
+    scale = cfg.head_warmup_scale
+    backbone = optax.scale_by_schedule(lambda count: jnp.where(count < warmup, scale, 1.0))
+    return optax.chain(tx, optax.masked(backbone, _outside_head))
 
 
 def _kernels(params: Any) -> Any:
     """True at the convolution and dense kernels of a parameter tree, False elsewhere."""
     return jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def _outside_head(params: Any) -> Any:
+    """True everywhere but under the backbone's head (``models.layers.HEAD_NAMES``)."""
+    heads = [name for name in params if name in HEAD_NAMES]
+    if not heads:
+        raise ValueError("config.optimizer.head_warmup_steps is set but the model has no "
+                         f"{' or '.join(HEAD_NAMES)} head to warm up: use one of the backbones")
+    return {name: jax.tree.map(lambda _: name not in heads, tree)
+            for name, tree in params.items()}
 
 
 def input_shape(config: ml_collections.ConfigDict, image_size: int = 0

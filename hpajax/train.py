@@ -84,7 +84,8 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
     variables = {"params": jax.device_get(state.params),
                  "batch_stats": jax.device_get(state.batch_stats)}
     imported = weights.import_state(weights.read_safetensors(path), variables,
-                                    config.data.channels, source=f"config.model.init_from={path}")
+                                    config.data.channels, source=f"config.model.init_from={path}",
+                                    yellow_init=config.model.yellow_init)
     if jax.process_index() == 0:
         write_atomic(workdir / "init_from.txt", "".join(f"{line}\n" for line in imported.lines()))
     print(f"init_from {path}: {len(imported.loaded)} tensors loaded, "

@@ -25,7 +25,8 @@ DATA = "data.json"
 SHAPE_FIELDS = ("model", "data.channels", "data.input_size")
 # Fields added to the config since the first saved config.json, with the value
 # a config without them meant: older workdirs load, resume and evaluate as before.
-ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all"}
+ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
+                "optimizer.head_warmup_steps": 0, "optimizer.head_warmup_scale": 0.0}
 
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:

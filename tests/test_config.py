@@ -66,7 +66,7 @@ def test_model_config_has_each_models_fields_and_refuses_others():
                                                         "filters", "head"}
     for name in config_lib.BACKBONES:
         assert set(config_lib.model_config(name)) == {"name", "dtype", "dropout", "remat",
-                                                      "init_from", "normalize"}
+                                                      "init_from", "normalize", "yellow_init"}
     with pytest.raises(ValueError, match="config.model.name='vgg16'"):
         config_lib.model_config("vgg16")
 

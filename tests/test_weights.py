@@ -71,6 +71,22 @@ def test_a_four_channel_stem_gets_yellow_as_the_mean_of_red_and_green(resnet18_f
                                   resnet18_file_state["layer1.0.bn1.running_var"])
 
 
+@pytest.mark.parametrize("rule, yellow", [
+    ("mean_rgb", lambda rgb: rgb.sum(axis=2, keepdims=True) / 3),
+    ("zeros", lambda rgb: 0 * rgb[:, :, :1]),
+])
+def test_the_yellow_rule_is_configurable(resnet18_file_state, rule, yellow):
+    model = resnet.ResNet(stage_sizes=(2, 2, 2, 2))
+    variables = zero_variables(model, 4)
+    imported = weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3),
+                                    yellow_init=rule)
+    rgb = resnet18_file_state["conv1.weight"].transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(imported.params["conv1"]["kernel"],
+                               np.concatenate([rgb, yellow(rgb)], axis=2), rtol=1e-6)
+    with pytest.raises(ValueError, match="config.model.yellow_init='blue'"):
+        weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3), yellow_init="blue")
+
+
 def test_a_file_that_does_not_fit_is_refused_naming_the_tensor(resnet18_file_state):
     model = resnet.ResNet(stage_sizes=(2, 2, 2, 2))
     variables = zero_variables(model, 4)

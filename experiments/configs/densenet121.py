@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.remat = True  # the dense blocks' concatenations are large at 512 px
     config.optimizer.learning_rate = 3e-4  # Adam at 3e-4, as the winner
     config.optimizer.decay = "kernels"  # no weight decay on BatchNorm and biases
+    # With --config.model.init_from=WEIGHTS: e.g. 680 trains the new head alone for an epoch.
+    config.optimizer.head_warmup_steps = 0
     config.loss = "focal"  # the winner's loss had a focal term (gamma 2)
     config.batch_size = 32
     # One evaluation per epoch of the 70 % training part of the 31,072 Kaggle samples.

@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"  # GPU/TPU speed; float32 on a CPU
     config.optimizer.learning_rate = 3e-4  # Adam at 3e-4, as the top Kaggle teams
     config.optimizer.decay = "kernels"  # no weight decay on BatchNorm and biases
+    # With --config.model.init_from=WEIGHTS: e.g. 680 trains the new head alone for an epoch.
+    config.optimizer.head_warmup_steps = 0
     config.loss = "focal"  # the winners' focal loss (gamma 2), for the rare classes
     config.batch_size = 32
     # One evaluation per epoch of the 70 % training part of the 31,072 Kaggle samples.

@@ -130,6 +130,11 @@ class BatchNormReLU(nn.Module):
         return batch_norm_relu(x, scale, bias, self.epsilon)
 
 
+# The names torchvision gives the backbones' final dense layer: their heads are
+# new (28 logits), skipped on import and warmed up alone (steps.make_optimizer).
+HEAD_NAMES = ("fc", "classifier")
+
+
 class TorchLayers(nn.Module):
     """Base of the torchvision backbones' parts: their convolutions, BatchNorms, stem and head.
 

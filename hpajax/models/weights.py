@@ -12,9 +12,10 @@ a linear ``weight`` [out, in] ``kernel`` [in, out], BatchNorm ``weight`` and
 ``batch_stats`` ``mean`` and ``var``; ``num_batches_tracked`` has no
 counterpart. The classifier is new (28 logits): the file's is skipped.
 
-Input channels: an RGB stem grows to red, green, blue, yellow with yellow's
-filters the mean of red's and green's (HPAv18's yellow image is the mean of
-its red and green), then keeps the configured channels.
+Input channels: an RGB stem grows to red, green, blue, yellow, then keeps
+the configured channels. Yellow's filters follow ``config.model.yellow_init``
+(``YELLOW_RULES``): by default the mean of red's and green's, as HPAv18's
+yellow image is the mean of its red and green.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 from flax import traverse_util
 
+from hpajax.models.layers import HEAD_NAMES
+
 _RENAMES = ((re.compile(r"^features\."), ""),
             (re.compile(r"\blayer(\d+)\.(\d+)\b"), r"layer\1_\2"),
             (re.compile(r"\bdownsample\.0\b"), "downsample_conv"),
@@ -36,8 +39,13 @@ _RENAMES = ((re.compile(r"^features\."), ""),
 # scale where the module has one, else a kernel.
 _LEAVES = {"running_mean": (("batch_stats", "mean"),), "running_var": (("batch_stats", "var"),),
            "bias": (("params", "bias"),), "weight": (("params", "scale"), ("params", "kernel"))}
-_HEADS = ("fc", "classifier")  # the backbones' final dense layers
 _RGB = 3
+# config.model.yellow_init -> the yellow filters of an RGB stem kernel [kh, kw, 3, O].
+YELLOW_RULES = {
+    "mean_red_green": lambda k: k[:, :, :2].mean(axis=2, keepdims=True),  # yellow = (R + G) / 2
+    "mean_rgb": lambda k: k.mean(axis=2, keepdims=True),  # a grey-level response
+    "zeros": lambda k: np.zeros_like(k[:, :, :1]),  # RGB responses exactly as pretrained
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +76,20 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequence[int],
-                 source: str = "the file", new_head: bool = True) -> Imported:
+                 source: str = "the file", new_head: bool = True,
+                 yellow_init: str = "mean_red_green") -> Imported:
     """``variables`` (``params`` and ``batch_stats``) with the tensors of ``state`` in them.
 
     With ``new_head`` the file's classifier is skipped and the backbone's
     kept (28 logits against ImageNet's 1,000). Raises ValueError naming the
     first tensor of ``state`` that fits no variable, or whose shape differs,
-    and the first variable (a new head aside) that ``state`` lacks.
+    and the first variable (a new head aside) that ``state`` lacks. An RGB
+    stem gets yellow filters by the rule ``yellow_init`` of ``YELLOW_RULES``.
     """
-    heads = _HEADS if new_head else ()
+    if yellow_init not in YELLOW_RULES:
+        raise ValueError(f"config.model.yellow_init={yellow_init!r}: choose one of "
+                         f"{', '.join(YELLOW_RULES)}")
+    heads = HEAD_NAMES if new_head else ()
     params = traverse_util.flatten_dict(variables["params"])
     stats = traverse_util.flatten_dict(variables["batch_stats"])
     new = {"params": dict(params), "batch_stats": dict(stats)}
@@ -90,8 +103,8 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
             skipped.append((key, "the classifier is new: 28 logits"))
             continue
         expected = new[collection][path]
-        new[collection][path] = _converted(key, np.asarray(value), expected.shape, channels,
-                                           source)
+        new[collection][path] = _converted(key, np.asarray(value), expected.shape,
+                                           (channels, yellow_init), source)
         loaded.append(key)
         filled.add((collection, path))
     missing = [f"{c}/{'/'.join(p)}" for c, tree in (("params", params), ("batch_stats", stats))
@@ -118,13 +131,14 @@ def _target(key: str, params: dict, stats: dict, source: str) -> tuple[str, tupl
                      f"{'/'.join(module) or '?'} {kind}): a checkpoint of another model?")
 
 
-def _converted(key: str, value: np.ndarray, shape: tuple[int, ...], channels: Sequence[int],
-               source: str) -> np.ndarray:
-    """A torch tensor in Flax layout (and the stem's channels), checked against ``shape``."""
+def _converted(key: str, value: np.ndarray, shape: tuple[int, ...],
+               stem: tuple[Sequence[int], str], source: str) -> np.ndarray:
+    """A torch tensor in Flax layout, checked against ``shape``; an RGB stem gets the
+    ``stem`` (channels, yellow rule)."""
     if value.ndim == 4:  # conv [O, I, kh, kw] -> [kh, kw, I, O]
         value = value.transpose(2, 3, 1, 0)
         if value.shape[2] == _RGB and shape[2] != _RGB:
-            value = _stem_channels(value, channels)
+            value = _stem_channels(value, *stem)
     elif value.ndim == 2:  # linear [out, in] -> [in, out]
         value = value.T
     if value.shape != tuple(shape):
@@ -133,9 +147,9 @@ def _converted(key: str, value: np.ndarray, shape: tuple[int, ...], channels: Se
     return value.astype(np.float32)
 
 
-def _stem_channels(kernel: np.ndarray, channels: Sequence[int]) -> np.ndarray:
-    """An RGB kernel [kh, kw, 3, O] as red, green, blue, yellow = (red + green) / 2, then
-    the chosen channels."""
-    yellow = kernel[:, :, :2].mean(axis=2, keepdims=True)
+def _stem_channels(kernel: np.ndarray, channels: Sequence[int], yellow_init: str
+                   ) -> np.ndarray:
+    """An RGB kernel [kh, kw, 3, O] as red, green, blue, yellow, then the chosen channels."""
+    yellow = YELLOW_RULES[yellow_init](kernel)
     return np.concatenate([kernel, yellow], axis=2)[:, :, list(channels)]
 
