@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""One-shot accelerator check: the seed CNN's speed and memory on whatever JAX finds.
+"""One-shot accelerator check: the models' speed and memory on whatever JAX finds.
 
   python experiments/gpu_check.py [--smoke] [--size=512 --batches=64,256 --dtypes=...]
+                                  [--models=seed_cnn,resnet18,...]
   bash experiments/gpu_check.sh     # on a GPU host with the wheels of experiments/gpu_wheels.sh
 
 GPU time comes in short, rare leases, so this runs unattended within a time
@@ -12,6 +13,13 @@ and the PyTorch reference where torch imports. Each configuration is a
 subprocess of its own (this script with ``--one``), so an out-of-memory
 failure or a crash costs that configuration only. ``--smoke`` runs the same
 code paths at toy sizes on the CPU.
+
+``--models`` adds the backbones (``--model=resnet50`` also works): each
+gives the same device-resident train/eval, compile and memory lines at
+``--size``, so that one lease times them all, but only in
+``--backbone_dtypes`` (bfloat16) at the smallest batch, after the seed's
+configurations, to fit the lease. The loop, pipeline and torch figures are
+the seed CNN's only. Every line of a model's figures names it (``model``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "
 MEM_FRACTION = "0.9"
 TAIL_CHARS = 2000  # of a failed subprocess's output, in its error line
 MIN_CHILD_SECONDS = 10.0  # a configuration is not started with less time left
+SEED_CNN = "seed_cnn"  # first of --models; the loop and torch figures are its only
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,6 +67,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, help="image side in px (default 512; smoke 80)")
     p.add_argument("--batches", help="global batch sizes (default 64,256; smoke 8)")
     p.add_argument("--dtypes", help="model dtypes (default bfloat16,float32; smoke float32)")
+    p.add_argument("--models", help="seed_cnn and/or hpajax.config.BACKBONES (default "
+                   "seed_cnn,resnet18,resnet34,resnet50,densenet121; smoke seed_cnn,resnet18)")
+    p.add_argument("--backbone_dtypes",
+                   help="the backbones' dtypes, at the smallest batch (default bfloat16; "
+                        "smoke float32)")
     p.add_argument("--num_samples", type=int, help="synthetic store size (default 1024; smoke 24)")
     p.add_argument("--workers", help="Grain worker counts to time (default 0,<cores>)")
     p.add_argument("--loop_workers", type=int, default=0, help="Grain workers of the loop")
@@ -67,15 +81,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pipeline_batches", type=int,
                    help="timed pipeline batches (default 48; smoke 4)")
     p.add_argument("--time_limit", type=float,
-                   help="wall-clock seconds for the whole check (default 420; smoke 110)")
+                   help="wall-clock seconds for the whole check (default 420; smoke 180)")
     p.add_argument("--torch", choices=("auto", "yes", "no"), default="auto",
                    help="time the PyTorch reference (auto: when torch is importable)")
     p.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration
     args = p.parse_args(argv)
-    toy = dict(size=80, batches="8", dtypes="float32", num_samples=24, workers="0,2",
-               steps=2, max_seconds=1.0, pipeline_batches=4, time_limit=110.0)
-    full = dict(size=512, batches="64,256", dtypes="bfloat16,float32", num_samples=1024,
+    toy = dict(size=80, batches="8", dtypes="float32", models=f"{SEED_CNN},resnet18",
+               backbone_dtypes="float32", num_samples=24, workers="0,2", steps=2,
+               max_seconds=1.0, pipeline_batches=4, time_limit=180.0)
+    full = dict(size=512, batches="64,256", dtypes="bfloat16,float32",
+                models=f"{SEED_CNN},resnet18,resnet34,resnet50,densenet121",
+                backbone_dtypes="bfloat16", num_samples=1024,
                 workers=f"0,{os.cpu_count() or 1}", steps=30, max_seconds=3.0,
                 pipeline_batches=48, time_limit=420.0)
     for key, value in (toy if args.smoke else full).items():
@@ -180,12 +197,12 @@ def jax_memory(after: str, labels: dict) -> None:
          bytes_limit=None if stats is None else stats.get("bytes_limit"))
 
 
-def jax_steps(args: argparse.Namespace, dtype: str, batch: int) -> Steps:
-    """The trainer's jitted steps for one dtype and batch."""
+def jax_steps(args: argparse.Namespace, model: str, dtype: str, batch: int) -> Steps:
+    """The trainer's jitted steps for one model, dtype and batch."""
     import bench_train
     from hpajax import steps as steps_lib
 
-    config = bench_train.make_config(dtype)
+    config = bench_train.make_config(dtype, model=model)
     config.batch_size = config.eval_batch_size = batch
     return steps_lib.build(config, steps_lib.make_mesh(batch), (args.size, args.size, CHANNELS))
 
@@ -225,20 +242,21 @@ def loop_eval(steps: Steps, data: RunData, labels: dict) -> None:
                      seconds=seconds, samples=n, **cores)
 
 
-def child_jax(args: argparse.Namespace, dtype: str, batch: int) -> None:
-    """Eval, train (device-resident batch), then the same through the real loop."""
+def child_jax(args: argparse.Namespace, model: str, dtype: str, batch: int) -> None:
+    """Eval, train (device-resident batch), then for the seed CNN the same through
+    the real loop."""
     import numpy as np
 
     import bench_train
     from hpajax import xla_defaults
-    from hpajax.data import run_data
 
     xla_defaults.apply_cpu_defaults()
-    steps = jax_steps(args, dtype, batch)
+    steps = jax_steps(args, model, dtype, batch)
     rng = np.random.default_rng(SEED)
     host = [bench_train.host_batch(rng, batch, args.size, CHANNELS) for _ in range(2)]
     budget = bench_train.Budget(args.max_seconds, args.steps)
-    labels = {"size": args.size, "batch": batch, "dtype": dtype, "channels": CHANNELS}
+    labels = {"model": model, "size": args.size, "batch": batch, "dtype": dtype,
+              "channels": CHANNELS}
     device = {**labels, "path": "device"}
     # Eval first: its peak memory is then its own; train's peak includes eval's.
     evaluated = guarded(lambda: bench_train.bench_jax_eval(steps, host, budget, device),
@@ -248,8 +266,15 @@ def child_jax(args: argparse.Namespace, dtype: str, batch: int) -> None:
                                                           augment_on=True),
                       "train", device)
     jax_memory("train", device)
-    del host
-    loop = {**labels, "path": "loop"}
+    if model == SEED_CNN:
+        jax_loop(args, steps, budget, {**labels, "path": "loop"}, evaluated, trained)
+
+
+def jax_loop(args: argparse.Namespace, steps: Steps, budget: Budget, loop: dict,
+             evaluated: dict | None, trained: dict | None) -> None:
+    """Train and eval through the real loop, where their device steps ran."""
+    from hpajax.data import run_data
+
     if not (store_path(args) / "metadata.json").is_file():
         emit(figure="skip", what="loop", **loop, reason="no store (its configuration failed)")
         return
@@ -299,8 +324,8 @@ def child_torch(args: argparse.Namespace, dtype: str, batch: int) -> None:
     steps = {"train": lambda: ref.train_step(model, opt, images, targets),
              "eval": lambda: ref.eval_step(model, images)}
     budget = bench_train.Budget(args.max_seconds, args.steps)
-    labels = {"size": args.size, "batch": batch, "dtype": dtype, "channels": CHANNELS,
-              "path": "device"}
+    labels = {"model": SEED_CNN, "size": args.size, "batch": batch, "dtype": dtype,
+              "channels": CHANNELS, "path": "device"}
     extra = {"torch": torch.__version__, "channels_last": True,
              "autocast": dtype == "bfloat16",
              "torch_device": torch.cuda.get_device_name() if cuda else "cpu"}
@@ -324,7 +349,8 @@ def child_torch(args: argparse.Namespace, dtype: str, batch: int) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
-    """Runs the configuration named by ``--one`` (``kind[:dtype:batch]`` or ``pipeline:W``)."""
+    """Runs the configuration named by ``--one``: ``versions``, ``store``,
+    ``pipeline:W``, ``jax:MODEL:DTYPE:BATCH`` or ``torch:DTYPE:BATCH``."""
     kind, *rest = args.one.split(":")
     if kind == "versions" and not rest:
         child_versions(args)
@@ -332,8 +358,10 @@ def run_one(args: argparse.Namespace) -> None:
         child_store(args)
     elif kind == "pipeline" and len(rest) == 1:
         child_pipeline(args, int(rest[0]))
-    elif kind in ("jax", "torch") and len(rest) == 2:
-        (child_jax if kind == "jax" else child_torch)(args, rest[0], int(rest[1]))
+    elif kind == "jax" and len(rest) == 3:
+        child_jax(args, rest[0], rest[1], int(rest[2]))
+    elif kind == "torch" and len(rest) == 2:
+        child_torch(args, rest[0], int(rest[1]))
     else:
         raise SystemExit(f"unknown configuration {args.one!r}")
 
@@ -361,9 +389,14 @@ def torch_wanted(choice: str) -> bool:
 
 
 def configurations(args: argparse.Namespace) -> list[str]:
-    """Every configuration, most wanted first (the clock may stop the last ones)."""
-    batches, dtypes = int_list(args.batches), str_list(args.dtypes)
-    names = ["store"] + [f"jax:{d}:{b}" for b in batches for d in dtypes]
+    """Every configuration, most wanted first (the clock may stop the last ones):
+    the seed CNN's, then each backbone's at the smallest batch."""
+    batches, dtypes, models = int_list(args.batches), str_list(args.dtypes), str_list(args.models)
+    names = ["store"]
+    if SEED_CNN in models:
+        names += [f"jax:{SEED_CNN}:{d}:{b}" for b in batches for d in dtypes]
+    names += [f"jax:{m}:{d}:{min(batches)}" for m in models if m != SEED_CNN
+              for d in str_list(args.backbone_dtypes)]
     names += [f"pipeline:{w}" for w in int_list(args.workers)]
     if torch_wanted(args.torch):
         names += [f"torch:{d}:{b}" for b in batches for d in dtypes]
@@ -443,17 +476,18 @@ class Printer:
 
 
 def emit_ratios(printer: Printer) -> None:
-    """JAX over torch img/s for every step, dtype and batch both measured on the device."""
+    """JAX over torch img/s for every step, model, dtype and batch both measured on the
+    device (torch times the seed CNN only)."""
     def key(r: dict) -> tuple:
-        return r["figure"], r["dtype"], r["batch"]
+        return r["figure"], r["model"], r["dtype"], r["batch"]
 
     rates = {(r["impl"], *key(r)): r["img_per_s"] for r in printer.records
              if r["figure"] in ("train", "eval") and r.get("path") == "device"}
     for (impl, *rest), rate in list(rates.items()):
         theirs = rates.get(("torch", *rest))
         if impl == "jax" and theirs:
-            printer({"figure": "ratio", "what": rest[0], "dtype": rest[1], "batch": rest[2],
-                     "jax_over_torch": rate / theirs})
+            printer({"figure": "ratio", "what": rest[0], "model": rest[1], "dtype": rest[2],
+                     "batch": rest[3], "jax_over_torch": rate / theirs})
 
 
 def progress(message: str) -> None:

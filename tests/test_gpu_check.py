@@ -49,20 +49,36 @@ def test_the_first_line_gives_the_versions_and_devices(lines):
 def test_every_figure_is_there_with_positive_numbers_and_no_device_memory_on_cpu(lines):
     assert not find(lines, "error") and not find(lines, "skip")
     assert find(lines, "store")[0]["samples"] == 24
+    seed = {"model": "seed_cnn", "dtype": "float32", "batch": 8}
     for path in ("device", "loop"):
         for figure in ("train", "eval"):
-            (rate,) = find(lines, figure, impl="jax", path=path, dtype="float32", batch=8)
+            (rate,) = find(lines, figure, impl="jax", path=path, **seed)
             assert rate["img_per_s"] > 0 and rate["size"] == 80
     for what in ("train", "eval"):
-        (compile_,) = find(lines, "compile", what=what, dtype="float32", batch=8)
+        (compile_,) = find(lines, "compile", what=what, **seed)
         assert compile_["seconds"] > 0
-    assert len(find(lines, "host_overhead", dtype="float32", batch=8)) == 1
-    memory = find(lines, "memory", dtype="float32", batch=8)
+    assert len(find(lines, "host_overhead", **seed)) == 1
+    memory = find(lines, "memory", **seed)
     assert [m["after"] for m in memory] == ["eval", "train", "loop"]
     assert all(m["peak_bytes"] is None for m in memory)
     assert sorted(p["workers"] for p in find(lines, "pipeline")) == [0, 2]
     assert all(p["samples_per_s"] > 0 for p in find(lines, "pipeline"))
     assert lines[-1]["figure"] == "done" and lines[-1]["failed"] is False
+
+
+def test_the_smoke_run_times_resnet18_on_the_device_path_only(lines):
+    backbone = {"model": "resnet18", "dtype": "float32", "batch": 8, "size": 80}
+    for figure in ("train", "eval"):
+        (rate,) = find(lines, figure, impl="jax", **backbone)
+        assert rate["img_per_s"] > 0 and rate["path"] == "device"
+        (compile_,) = find(lines, "compile", what=figure, **backbone)
+        assert compile_["seconds"] > 0
+    assert [m["after"] for m in find(lines, "memory", **backbone)] == ["eval", "train"]
+    config = [r["config"] for r in lines if r.get("model") == "resnet18"]
+    assert set(config) == {"jax:resnet18:float32:8"}
+    seed = [r for r in lines if r.get("config", "").startswith("jax:seed_cnn")]
+    assert seed and all(r["model"] == "seed_cnn" for r in seed)
+    assert lines.index(seed[-1]) < lines.index(find(lines, "eval", model="resnet18")[0])
 
 
 def test_every_line_says_what_it_is_and_where_it_ran(lines):
@@ -75,17 +91,22 @@ def test_every_line_says_what_it_is_and_where_it_ran(lines):
             assert record["dtype"] in ("float32", "bfloat16") and record["impl"]
 
 
-def test_the_full_run_covers_both_dtypes_both_batches_and_the_pipeline_workers():
+def test_the_full_run_covers_both_dtypes_both_batches_the_backbones_and_the_pipeline_workers():
     gpu_check = load_module()
     args = gpu_check.parse_args([])
     names = gpu_check.configurations(args)
     assert args.size == 512 and args.time_limit <= 8 * 60
-    for dtype in ("bfloat16", "float32"):
-        for batch in (64, 256):
-            assert f"jax:{dtype}:{batch}" in names
+    seed = [f"jax:seed_cnn:{dtype}:{batch}" for batch in (64, 256)
+            for dtype in ("bfloat16", "float32")]
+    backbones = [f"jax:{name}:bfloat16:64"
+                 for name in ("resnet18", "resnet34", "resnet50", "densenet121")]
+    jax = [name for name in names if name.startswith("jax:")]
+    assert jax == seed + backbones  # the seed's first, the backbones in bfloat16 at batch 64
     assert names[0] == "store" and f"pipeline:{os.cpu_count()}" in names
     assert "pipeline:0" in names
     assert ("torch:bfloat16:256" in names) == (importlib.util.find_spec("torch") is not None)
+    one = gpu_check.configurations(gpu_check.parse_args(["--model=resnet50"]))
+    assert [name for name in one if name.startswith("jax:")] == ["jax:resnet50:bfloat16:64"]
 
 
 def test_a_failed_or_hung_configuration_becomes_an_error_line(tmp_path):
