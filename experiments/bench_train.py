@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Training and evaluation step throughput, one JSON line per figure.
 
-  .venv/bin/python experiments/bench_train.py [--sizes=128,256,512] [--batch_sizes=8,32]
-      [--dtypes=float32,bfloat16] [--channels=4] [--max_seconds_per_figure=20] [--notorch]
+  .venv/bin/python experiments/bench_train.py [--model=seed_cnn] [--sizes=128,256,512]
+      [--batch_sizes=8,32] [--dtypes=float32,bfloat16] [--channels=4]
+      [--max_seconds_per_figure=20] [--notorch]
 
-For every image size, batch size and model dtype it times, on synthetic
+For the model ``--model`` (the seed CNN or one of ``hpajax.config.BACKBONES``)
+at every image size, batch size and model dtype it times, on synthetic
 random uint8 images and multi-hot labels, the real jitted steps of
 ``hpajax.steps`` built as the trainer builds them (state donated, batches
 sharded over a ``data`` mesh of all devices):
@@ -30,12 +32,16 @@ sizes' per-pixel time) to take longer than that, or when the compiled step
 would not fit in the device's memory.
 
 With ``--torch`` (the default when ``import torch`` works) the PyTorch
-reference of ``experiments/torch_reference.py`` runs the same sizes, batches
-and channels in float32 on ``torch.set_num_threads(<cores>)`` threads, as
+reference of ``experiments/torch_reference.py`` (torchvision's model for a
+backbone) runs the same sizes, batches and channels in float32 on ``torch.set_num_threads(<cores>)`` threads, as
 ``"impl": "torch"`` lines, each followed by a ``ratio`` line: JAX float32
 img/s over torch img/s, against the targets of 1.25 (train) and 1.0 (eval),
 flagged ``contended`` when other processes competed (torch's OpenMP threads
-then slow down far more than XLA's, which flatters JAX). The same script runs unchanged on a GPU (the setup line names the device).
+then slow down far more than XLA's, which flatters JAX). A ``torch_check``
+line first compares parameter counts and the logits of both models given the
+same weights. The last line gives the process's peak host memory
+(``ru_maxrss``): one run per model and size measures a model's. The same
+script runs unchanged on a GPU (the setup line names the device).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import time
 from collections.abc import Callable
 
@@ -53,9 +60,10 @@ from absl import app, flags
 
 from hpajax import augment, classes, models, xla_defaults
 from hpajax import steps as steps_lib
-from hpajax.config import base_config
-from hpajax.models.seed_cnn import SeedCNN
+from hpajax.config import BACKBONES, base_config, model_config
+from hpajax.models import weights
 
+_MODEL = flags.DEFINE_enum("model", "seed_cnn", ["seed_cnn", *BACKBONES], "config.model.name.")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256", "512"], "Image sides, in px.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["8", "32"], "Global batch sizes.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "config.model.dtype values.")
@@ -82,9 +90,11 @@ def emit(**fields) -> None:
     print(json.dumps({"bench": "train", **fields}), flush=True)
 
 
-def make_config(dtype: str, augment_on: bool = True) -> ml_collections.ConfigDict:
-    """``base_config()`` with the model dtype set, augmentation on or all off."""
+def make_config(dtype: str, augment_on: bool = True, model: str = "seed_cnn"
+                ) -> ml_collections.ConfigDict:
+    """``base_config()`` with the model ``model`` in ``dtype``, augmentation on or all off."""
     config = base_config()
+    config.model = model_config(model)
     config.model.dtype = dtype
     if not augment_on:
         for op in ("rotate", "zoom", "brightness", "hflip", "vflip"):
@@ -254,34 +264,50 @@ class TorchBench:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
 
     def model(self):
-        """A freshly initialized torch model with the base config's shape."""
+        """A freshly initialized torch model with the config's shape."""
         self.torch.manual_seed(self.seed)
         m = self.model_cfg
+        if m.name != "seed_cnn":
+            return self.ref.torchvision_backbone(m.name, self.channels, classes.NUM_CLASSES)
         return self.ref.SeedCNN(self.channels, classes.NUM_CLASSES, tuple(m.filters),
                                 m.kernel_size, tuple(m.head))
 
-    def check(self, jax_model: SeedCNN) -> None:
+    def same_weights(self, jax_model, x: np.ndarray) -> tuple[dict, object]:
+        """Flax variables and a torch model holding the same weights, with non-trivial
+        running statistics so that evaluation mode is checked too."""
+        variables = jax.device_get(jax_model.init(jax.random.PRNGKey(self.seed), x,
+                                                  train=False))
+        model = self.model()
+        if self.model_cfg.name == "seed_cnn":
+            variables = {**variables, "batch_stats": jax.tree.map(
+                lambda v: v + 0.1, variables["batch_stats"])}
+            self.ref.load_flax_variables(model, variables)
+            return variables, model
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean") or name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        imported = weights.import_state(state, variables, range(self.channels), new_head=False)
+        return {"params": imported.params, "batch_stats": imported.batch_stats}, model
+
+    def check(self, jax_model) -> None:
         """Parameter counts and the logits' agreement given the same weights."""
         rng = np.random.default_rng(self.seed)
         images = rng.integers(0, 256, (_CHECK_BATCH, _CHECK_SIZE, _CHECK_SIZE, self.channels),
                               np.uint8)
-        variables = jax_model.init(jax.random.PRNGKey(self.seed), augment.to_float(images),
-                                   train=False)
-        # Non-trivial running statistics, so that evaluation mode is checked too.
-        variables = {**variables, "batch_stats": jax.tree.map(
-            lambda v: v + 0.1, variables["batch_stats"])}
-        model = self.model()
-        self.ref.load_flax_variables(model, variables)
         x = augment.to_float(images)
+        variables, model = self.same_weights(jax_model, x)
         diffs = {}
         for mode in (False, True):
-            logits = jax_model.apply(variables, x, train=mode, mutable=["batch_stats"])[0]
+            logits = jax_model.apply(variables, x, train=mode, mutable=["batch_stats"],
+                                     rngs={"dropout": jax.random.key(0)})[0]
             model.train(mode)
             with self.torch.no_grad():
                 theirs = model(self.ref.to_input(self.torch.from_numpy(images))).numpy()
             diffs["train" if mode else "eval"] = float(np.abs(np.asarray(logits) - theirs).max())
         ours = sum(models.param_counts(variables["params"]).values())
-        emit(figure="torch_check", params_jax=ours, params_torch=self.ref.param_count(model),
+        emit(figure="torch_check", model=self.model_cfg.name, params_jax=ours,
+             params_torch=self.ref.param_count(model),
              max_abs_logit_diff_train=diffs["train"], max_abs_logit_diff_eval=diffs["eval"])
 
     def run(self, host_batches: list[dict], budget: Budget, labels: dict) -> dict[str, dict]:
@@ -306,17 +332,21 @@ class TorchBench:
         return out
 
 
-def torch_bench(enabled: bool | None, channels: int, seed: int) -> TorchBench | None:
+def torch_bench(enabled: bool | None, channels: int, seed: int,
+                model: str = "seed_cnn") -> TorchBench | None:
     """The torch reference if wanted and importable; otherwise a note line and None."""
     if enabled is False:
         return None
     try:
         import torch  # noqa: F401
-    except ImportError:
-        emit(figure="note", text="torch is not importable: the PyTorch reference is skipped "
-                                 "(pip install torch==2.13.0 for the comparison)")
+        if model != "seed_cnn":
+            import torchvision  # noqa: F401
+    except (ImportError, RuntimeError) as e:
+        emit(figure="note", text=f"the PyTorch reference is skipped ({e}): pip install "
+                                 "torch==2.13.0, or torch==2.14.1 torchvision==0.29.1 in a venv "
+                                 "of their own for the backbones")
         return None
-    return TorchBench(channels, base_config(), seed)
+    return TorchBench(channels, make_config("float32", model=model), seed)
 
 
 def emit_ratios(jax_figures: dict[str, dict | None], torch_figures: dict[str, dict],
@@ -337,7 +367,8 @@ def emit_ratios(jax_figures: dict[str, dict | None], torch_figures: dict[str, di
         if what == "train" and plain:
             extra["jax_no_augment_over_torch"] = plain["img_per_s"] / theirs["img_per_s"]
         others = [f.get("other_cores", 0.0) for f in (ours, theirs, plain) if f]
-        emit(figure="ratio", what=what, size=labels["size"], batch=labels["batch"],
+        emit(figure="ratio", what=what, model=labels["model"], size=labels["size"],
+             batch=labels["batch"],
              jax_over_torch=ratio, **extra, target=target, meets=bool(ratio >= target),
              contended=bool(max(others) > _CONTENDED_CORES))
 
@@ -364,11 +395,13 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
     figures: dict[str, dict | None] = {}
     mesh = steps_lib.make_mesh(batch_size)
     for dtype in _DTYPES.value:
-        labels = {"size": size, "batch": batch_size, "dtype": dtype, "channels": channels}
-        steps = steps_lib.build(make_config(dtype), mesh, (size, size, channels))
+        labels = {"model": _MODEL.value, "size": size, "batch": batch_size, "dtype": dtype,
+                  "channels": channels}
+        steps = steps_lib.build(make_config(dtype, model=_MODEL.value), mesh,
+                                (size, size, channels))
         trained = bench_jax_train(steps, host_batches, budget, labels, augment_on=True)
         if dtype == "float32" and _NO_AUGMENT_TOO.value:
-            plain = steps_lib.build(make_config(dtype, augment_on=False), mesh,
+            plain = steps_lib.build(make_config(dtype, False, _MODEL.value), mesh,
                                     (size, size, channels))
             figures["train_no_augment"] = bench_jax_train(plain, host_batches, budget, labels,
                                                           augment_on=False)
@@ -376,7 +409,8 @@ def bench_size_batch(size: int, batch_size: int, budget: Budget,
         if dtype == "float32":
             figures.update(train=trained, eval=evaluated)
     if torch_ref is not None:
-        labels = {"size": size, "batch": batch_size, "dtype": "float32", "channels": channels}
+        labels = {"model": _MODEL.value, "size": size, "batch": batch_size, "dtype": "float32",
+                  "channels": channels}
         emit_ratios(figures, torch_ref.run(host_batches, budget, labels), labels)
 
 
@@ -384,15 +418,17 @@ def main(argv: list[str]) -> None:
     """Setup line, the torch check, then every size and batch size, smallest first."""
     del argv
     added = xla_defaults.apply_cpu_defaults()
-    torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value)
+    torch_ref = torch_bench(_TORCH.value, _CHANNELS.value, _SEED.value, _MODEL.value)
     emit_setup(added, torch_ref)
     if torch_ref is not None:
-        torch_ref.check(models.create(base_config().model))
+        torch_ref.check(models.create(torch_ref.model_cfg))
     budget, start = Budget(_MAX_SECONDS.value, _STEPS.value), time.perf_counter()
     for size in sorted(map(int, _SIZES.value)):
         for batch_size in sorted(map(int, _BATCHES.value)):
             bench_size_batch(size, batch_size, budget, torch_ref)
-    emit(figure="done", seconds=time.perf_counter() - start, loadavg_1min=os.getloadavg()[0])
+    emit(figure="done", model=_MODEL.value, seconds=time.perf_counter() - start,
+         loadavg_1min=os.getloadavg()[0],
+         peak_host_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ step conservative for JAX.
 
 ``load_flax_variables`` copies a Flax model's variables in, so the two
 implementations can be checked to compute the same function.
+``torchvision_backbone`` gives the backbones' torchvision twins (torchvision
+imports only in its own venv beside torch 2.14.1, see the README).
 
 torch is not an hpajax dependency: install it for benchmarks only (e.g.
 ``pip install torch==2.13.0``, a CPU wheel).
@@ -70,6 +72,19 @@ class SeedCNN(nn.Module):
             x = block(x)
             pooled.append(x.mean(dim=(2, 3)))
         return self.head(torch.cat(pooled, dim=1))
+
+
+def torchvision_backbone(name: str, channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ``name`` (e.g. "resnet50", "densenet121") with a ``channels``-input stem
+    and ``num_classes`` outputs, as ``hpajax.models`` builds it."""
+    import torchvision  # noqa: PLC0415  (only the backbones need it)
+
+    model = getattr(torchvision.models, name)(num_classes=num_classes)
+    parent, stem = (model.features, "conv0") if name.startswith("densenet") else (model, "conv1")
+    old = getattr(parent, stem)
+    setattr(parent, stem, nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride,
+                                    old.padding, bias=False))
+    return model
 
 
 def make_optimizer(model: nn.Module, learning_rate: float = 1e-3,
