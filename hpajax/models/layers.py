@@ -170,8 +170,9 @@ class TorchLayers(nn.Module):
                             param_dtype=jnp.float32, name=name)
 
     def norm_relu(self, x: jax.Array, train: bool, name: str) -> jax.Array:
-        """``relu(BatchNorm(x))``."""
-        return nn.relu(self.batch_norm(train, name)(x))
+        """``relu(BatchNorm(x))`` as one ``BatchNormReLU`` (same variables and values)."""
+        return BatchNormReLU(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, dtype=self.dtype, name=name)(x)
 
     def layer_kwargs(self) -> dict[str, Any]:
         """The attributes a child part inherits."""
