@@ -196,7 +196,9 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     updated = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
-    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    # One cond, not a select per leaf: XLA:CPU compiles those of a deep backbone very slowly
+    # (BENCHMARKS.md, "Backbones").
+    state = jax.lax.cond(finite, lambda: updated, lambda: state)
     state = state.replace(step=state.step + 1)
     return state, {"loss": sums["loss"] + jnp.where(finite, loss, 0.0),
                    "steps": sums["steps"] + finite,
