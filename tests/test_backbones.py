@@ -2,11 +2,14 @@
 
 import json
 import pathlib
+import signal
+import subprocess
 
 import jax
 import numpy as np
 import pytest
-from conftest import synthetic_store, tiny_config
+from conftest import PYTHON, REPO, synthetic_store, tiny_config
+from test_faults import run_until
 
 from hpajax import commands, config as config_lib, inference, models, train
 from hpajax import steps as steps_lib
@@ -61,17 +64,24 @@ def pretrained_config(store, weights_file, **overrides):
     return config
 
 
+@pytest.fixture(scope="module")
+def pretrained_run(store, weights_file, tmp_path_factory) -> pathlib.Path:
+    """ResNet-18 from the seeded file, 6 steps in one go: the uninterrupted reference."""
+    run = tmp_path_factory.mktemp("full")
+    train.train_and_evaluate(pretrained_config(store, weights_file), str(run))
+    return run
+
+
 def test_resnet18_from_torchvision_weights_trains_resumes_exactly_and_evaluates(
-        store, weights_file, tmp_path):
+        store, weights_file, pretrained_run, tmp_path):
     """init_from, then 3 steps, stop, rerun to 6 == 6 uninterrupted; evaluate and predict."""
-    train.train_and_evaluate(pretrained_config(store, weights_file), str(tmp_path / "full"))
     train.train_and_evaluate(pretrained_config(store, weights_file, total_steps=3),
                              str(tmp_path / "split"))
     train.train_and_evaluate(pretrained_config(store, weights_file), str(tmp_path / "split"))
-    assert checkpoint_shas(tmp_path / "full") == checkpoint_shas(tmp_path / "split")
-    assert len(checkpoint_shas(tmp_path / "full")) == 2
+    assert checkpoint_shas(pretrained_run) == checkpoint_shas(tmp_path / "split")
+    assert len(checkpoint_shas(pretrained_run)) == 2
 
-    run = tmp_path / "full"
+    run = pretrained_run
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["normalize"] == "imagenet"  # the weights' input statistics
     state = weights_file[1]
@@ -86,6 +96,19 @@ def test_resnet18_from_torchvision_weights_trains_resumes_exactly_and_evaluates(
     out = commands.predict_command(run, store, tmp_path / "pred")
     assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
     assert type(inference.restore(run).steps.model).__name__ == "ResNet"
+
+
+def test_sigkill_mid_run_then_resume_is_exact(store, weights_file, pretrained_run, tmp_path):
+    """The same run as a process killed after step 4: the relaunch resumes from step 3's
+    checkpoint, not from the file, and ends with the uninterrupted run's weights."""
+    cmd = [PYTHON, "-m", "hpajax.main", "train", "--config=experiments/configs/tiny.py:resnet18",
+           f"--config.data.store={store}", f"--workdir={tmp_path}",
+           f"--config.model.init_from={weights_file[0]}", "--config.model.dropout=0.2"]
+    rc, _ = run_until(cmd, "step 4/6", signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
+    assert checkpoint_shas(tmp_path) == checkpoint_shas(pretrained_run)
 
 
 def test_a_file_of_another_backbone_stops_the_run_before_its_first_step(

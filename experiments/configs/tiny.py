@@ -1,21 +1,24 @@
 """A few-second CPU run for tests and quick checks: narrow model, a few steps.
 
-  .venv/bin/python -m hpajax.main train --config=experiments/configs/tiny.py \
+  .venv/bin/python -m hpajax.main train --config=experiments/configs/tiny.py[:MODEL] \
       --workdir=runs/tiny --config.data.store=STORE
 
-Needs a store of at least 76 px images (the smallest the four VALID blocks
-take with kernel 3). The rest is ``hpajax.config.base_config()``, plain
+MODEL is ``config.model.name`` (default the seed CNN, at a quarter of its
+width; a backbone at its defaults). The seed CNN needs a store of at least
+76 px images (the smallest the four VALID blocks take with kernel 3), a
+backbone 32 px. The rest is ``hpajax.config.base_config()``, plain
 data: all four channels, kernel 3, the seed's optimizer, BCE and
 augmentation.
 """
 
 import ml_collections
 
-from hpajax.config import base_config
+from hpajax.config import base_config, model_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(model: str = "seed_cnn") -> ml_collections.ConfigDict:
     config = base_config()
+    config.model = model_config(model)
     config.batch_size = 8  # small batches: fast steps on a CPU
     config.eval_batch_size = 16
     config.total_steps = 6
@@ -23,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = 3  # two evaluations and checkpoints in 6 steps
     config.checkpoint_every = 3
     config.bn_recalibration_batches = 2
-    config.model.filters = (8, 16, 32, 64)  # a quarter of the seed's width
-    config.model.head = (32, 16)
+    if model == "seed_cnn":
+        config.model.filters = (8, 16, 32, 64)  # a quarter of the seed's width
+        config.model.head = (32, 16)
     return config
