@@ -1,0 +1,36 @@
+"""experiments/compare_backbones.py end to end: one model, both points, the table, a rerun."""
+
+import json
+import subprocess
+
+from conftest import PYTHON, REPO
+
+
+def run(workdir, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "experiments/compare_backbones.py", f"--workdir={workdir}", "--models=seed_cnn",
+         "--num_samples=48", "--image_size=80", "--steps=200", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_a_run_stopped_before_the_equal_steps_point_resumes_to_it(tmp_path):
+    """--max_steps stands in for the clock (deterministic): stopped at 100, resumed to 200,
+    both checkpoints evaluated on the test split and tabled; a rerun trains nothing."""
+    r = run(tmp_path, "--max_steps=100")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "seed_cnn" / "compare.json").read_text())
+    assert result["steps_in_time"] == 100
+    assert result["equal_time"]["step"] == 100 and result["equal_steps"]["step"] == 200
+    assert (tmp_path / "seed_cnn" / "report_step100" / "metrics.json").is_file()
+    table = (tmp_path / "comparison.md").read_text()
+    assert f"| seed_cnn | {result['params']:,} | 100 |" in table
+    log = (tmp_path / "seed_cnn" / "train.log").read_text()
+    assert "resumed from" in log
+    r = run(tmp_path, "--max_steps=100")
+    assert r.returncode == 0 and (tmp_path / "seed_cnn" / "train.log").read_text() == log
+
+
+def test_steps_off_the_checkpoint_grid_are_refused(tmp_path):
+    r = run(tmp_path, "--steps=150")
+    assert r.returncode != 0 and "--steps=150: not a multiple of 100" in r.stderr
+    assert not (tmp_path / "seed_cnn").exists()
