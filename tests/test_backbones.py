@@ -99,12 +99,14 @@ def test_resnet18_from_torchvision_weights_trains_resumes_exactly_and_evaluates(
 
 
 def test_sigkill_mid_run_then_resume_is_exact(store, weights_file, pretrained_run, tmp_path):
-    """The same run as a process killed after step 4: the relaunch resumes from step 3's
-    checkpoint, not from the file, and ends with the uninterrupted run's weights."""
+    """The same run as a process killed right after step 6's evaluation, while its
+    checkpoint is written (step 3's, written asynchronously, is complete by then): the
+    relaunch resumes from a checkpoint, not from the file, and ends with the uninterrupted
+    run's weights."""
     cmd = [PYTHON, "-m", "hpajax.main", "train", "--config=experiments/configs/tiny.py:resnet18",
            f"--config.data.store={store}", f"--workdir={tmp_path}",
            f"--config.model.init_from={weights_file[0]}", "--config.model.dropout=0.2"]
-    rc, _ = run_until(cmd, "step 4/6", signal.SIGKILL)
+    rc, _ = run_until(cmd, "step 6 val", signal.SIGKILL)
     assert rc == -signal.SIGKILL
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
