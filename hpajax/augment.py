@@ -4,7 +4,7 @@
 in [0, 1], as the seed paper feeds its network (``to_float`` does the same
 for evaluation), and applies per sample, with no host-side Python, the ops
 that ``cfg`` (the ``augment`` block of ``hpajax.config.base_config()``)
-switches on:
+switches on, after an optional random crop (``crop_size``):
 
 - rotation by an angle drawn from U[-max_angle, max_angle] degrees (Keras
   ``rotation_range``: the seed's 270 covers every orientation, [90, 270]
@@ -19,10 +19,20 @@ sample, applied in a single bilinear pass (``sample_affine``); points that
 map outside the image read 0, the dark background of HPA fields. Brightness
 is applied after it. ``_brightness`` says how the seed's range is read.
 
+With ``crop_size`` (``config.augment.crop``: train on e.g. 512 px crops of a
+1024 px store, as the HPA 2019 winner did) each sample is first cut to a
+``crop_size`` square at a uniformly random position (``random_crop``), and
+the ops above act on the crop: resampling costs a crop's pixels, not the
+store's, and rotation leaves its dark corners inside the model input as
+without cropping (rotating first would fill them from outside the crop).
+
 Randomness: ``jax.random.split(key, B)`` gives sample ``i`` its own key and
 each op a fixed subkey of it, so the same (key, batch) gives the same output
 whatever the device count or sharding, and switching one op off leaves the
-others' draws unchanged.
+others' draws unchanged. The crop offsets are split the same way from a key
+of their own, ``fold_in(key, _CROP_STREAM)``: with cropping off, the output
+is bit for bit what it was before cropping existed, and with it on the other
+ops draw as without it.
 
 Why a hand-written sampler: see BENCHMARKS.md, section "Measurements behind
 the defaults".
@@ -38,6 +48,7 @@ import ml_collections
 
 _UINT8_TO_UNIT = 1.0 / 255.0  # a multiply, not a divide: XLA may rewrite x / 255
 # as x * (1 / 255) in one compiled context and not in another
+_CROP_STREAM = 2  # fold_in data of the crop offsets' key (the train step's dropout uses 1)
 
 
 def _check_uint8(images: jax.Array) -> None:
@@ -144,6 +155,26 @@ def _brightness(key: jax.Array, image: jax.Array,
     return jnp.clip(image * scale + shift, 0.0, 1.0)
 
 
+def random_crop(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """A ``size`` x ``size`` crop of each image [B, H, W, C], same dtype.
+
+    Sample ``i`` draws its top-left corner from ``jax.random.split(key, B)[i]``,
+    uniformly over all ``(H - size + 1) * (W - size + 1)`` positions, so the
+    whole image can be seen.
+    """
+    height, width, channels = images.shape[1:]
+    if not 0 < size <= min(height, width):
+        raise ValueError(f"crop size {size} must be in [1, {min(height, width)}] "
+                         f"for {height}x{width} images")
+    limits = jnp.asarray([height - size + 1, width - size + 1])
+
+    def crop_one(k: jax.Array, image: jax.Array) -> jax.Array:
+        row, col = jax.random.randint(k, (2,), 0, limits)
+        return jax.lax.dynamic_slice(image, (row, col, 0), (size, size, channels))
+
+    return jax.vmap(crop_one)(jax.random.split(key, images.shape[0]), images)
+
+
 def _augment_one(key: jax.Array, image: jax.Array,
                  cfg: ml_collections.ConfigDict) -> jax.Array:
     """Augments one uint8 image [H, W, C] into float32 [0, 1]."""
@@ -158,15 +189,19 @@ def _augment_one(key: jax.Array, image: jax.Array,
     return out
 
 
-def augment(key: jax.Array, images: jax.Array,
-            cfg: ml_collections.ConfigDict) -> jax.Array:
+def augment(key: jax.Array, images: jax.Array, cfg: ml_collections.ConfigDict,
+            crop_size: int | None = None) -> jax.Array:
     """Randomly augments a uint8 batch [B, H, W, C] into float32 [0, 1].
 
     ``key`` is e.g. ``jax.random.fold_in(base_key, step)``; sample ``i`` uses
     ``jax.random.split(key, B)[i]``. ``cfg`` (``config.augment`` or any
-    object with its attributes) is read in Python at trace time, so it acts
-    as static configuration under ``jax.jit``.
+    object with its attributes) and ``crop_size`` are read in Python at trace
+    time, so they act as static configuration under ``jax.jit``. With
+    ``crop_size`` the output is [B, crop_size, crop_size, C]: a random crop
+    (``random_crop``) augmented with the same draws as an uncropped batch.
     """
     _check_uint8(images)
+    if crop_size is not None:
+        images = random_crop(jax.random.fold_in(key, _CROP_STREAM), images, crop_size)
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda k, image: _augment_one(k, image, cfg))(keys, images)

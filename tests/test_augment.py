@@ -37,13 +37,27 @@ def only(*ops, **fields):
     return cfg
 
 
-AUGMENT = jax.jit(augment.augment, static_argnums=2)  # compiled once per config and shape
+AUGMENT = jax.jit(augment.augment, static_argnums=(2, 3))  # compiled once per config and shape
+CROP = jax.jit(augment.random_crop, static_argnums=2)
 
 
-def run(images, cfg, step=0):
+def run(images, cfg, step=0, crop_size=None):
     """Jitted ``augment`` on a batch with the key of train step ``step``, as NumPy."""
     key = jax.random.fold_in(jax.random.key(0), step)
-    return np.asarray(AUGMENT(key, images, ml_collections.FrozenConfigDict(cfg)))
+    return np.asarray(AUGMENT(key, images, ml_collections.FrozenConfigDict(cfg), crop_size))
+
+
+def crop_origins(images, crops):
+    """The top-left corner (r, c) of each crop in its image, found by trying every one."""
+    size = crops.shape[1]
+    height, width = images.shape[1:3]
+    origins = []
+    for image, crop in zip(images, crops):
+        found = [(r, c) for r in range(height - size + 1) for c in range(width - size + 1)
+                 if np.array_equal(image[r:r + size, c:c + size], crop)]
+        assert len(found) == 1, found  # random images: each window is unique
+        origins.append(found[0])
+    return origins
 
 
 def rotate(image, degrees, zoom=1.0, flip_rows=False, flip_cols=False):
@@ -166,6 +180,62 @@ def test_brightness_shift_in_range_and_clipped(images):
     assert out.min() >= 0.0 and out.max() <= 1.0
     bright = run(images, only("brightness", brightness_range=(20.0, 20.0)))
     assert bright.max() == 1.0 and bright.min() >= 0.0
+
+
+def random_images(shape, seed=0):
+    """Uniform random uint8 images, in which no two windows are alike."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_random_crop_is_a_window_of_its_image():
+    images = random_images((6, 9, 7, 2))  # not square: both sides' limits
+    crops = np.asarray(CROP(jax.random.key(0), images, 4))
+    assert crops.shape == (6, 4, 4, 2) and crops.dtype == np.uint8
+    origins = crop_origins(images, crops)
+    assert all(0 <= r <= 5 and 0 <= c <= 3 for r, c in origins)
+    assert len(set(origins)) > 1  # each sample its own offset
+
+
+def test_random_crop_offsets_cover_every_position_uniformly():
+    """400 samples of one image: all 4 x 3 corners occur, each about equally often."""
+    images = np.repeat(random_images((1, 6, 5, 1)), 400, axis=0)
+    origins = crop_origins(images, np.asarray(CROP(jax.random.key(1), images, 3)))
+    counts = np.zeros((4, 3))
+    for r, c in origins:
+        counts[r, c] += 1
+    expected = 400 / counts.size
+    assert counts.min() > 0.5 * expected and counts.max() < 1.5 * expected
+
+
+def test_random_crop_deterministic_per_key():
+    images = random_images((4, 8, 8, 1))
+    first = np.asarray(CROP(jax.random.key(0), images, 3))
+    np.testing.assert_array_equal(first, np.asarray(CROP(jax.random.key(0), images, 3)))
+    assert not np.array_equal(first, np.asarray(CROP(jax.random.key(1), images, 3)))
+    np.testing.assert_array_equal(first, np.asarray(augment.random_crop(jax.random.key(0),
+                                                                        images, 3)))  # eager
+
+
+@pytest.mark.parametrize("size", [0, 8])
+def test_random_crop_refuses_bad_size(size):
+    with pytest.raises(ValueError, match="crop size"):
+        augment.random_crop(jax.random.key(0), random_images((1, 9, 7, 1)), size)
+
+
+def test_crop_to_full_size_is_bit_identical_to_no_crop(images):
+    """The crop draws from its own key: every other op draws as without cropping."""
+    cfg = base_config().augment
+    np.testing.assert_array_equal(run(images, cfg, crop_size=SIZE), run(images, cfg))
+
+
+def test_augment_crops_then_augments_the_crop(images):
+    """Cropped output = the uncropped augmentation (same key) of the windows it chose."""
+    cropped = run(images, only(), crop_size=20)
+    assert cropped.shape == (8, 20, 20, 4)
+    origins = crop_origins(images, np.round(cropped * 255).astype(np.uint8))
+    windows = np.stack([image[r:r + 20, c:c + 20] for image, (r, c) in zip(images, origins)])
+    cfg = base_config().augment
+    np.testing.assert_allclose(run(images, cfg, crop_size=20), run(windows, cfg), atol=1e-6)
 
 
 def test_augmentation_grid_tool(tmp_path, images):
