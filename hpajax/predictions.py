@@ -9,8 +9,11 @@ re-thresholded and replotted without JAX, on any machine with NumPy
 A file holds ``ids``, ``rows``, ``labels``, ``probs`` and ``loss`` as saved,
 plus what makes it safe to read back later: the class names, the split name,
 the checkpoint step, the training data's fingerprint (JSON text, see
-``hpajax.workdir.data_fingerprint``) and ``format_version``. Nothing in it is
-a pickled object, so ``load`` reads it with ``allow_pickle=False``.
+``hpajax.workdir.data_fingerprint``) and ``format_version``; and, when known,
+``class_frequency``, each class's positive rate in the run's training part
+(for thresholds matched to it: ``hpajax.evaluate.rate_thresholds``). Files
+written without it still load (``Info.class_frequency`` None). Nothing in it
+is a pickled object, so ``load`` reads it with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from hpajax import classes
+from hpajax import classes, evaluate
 from hpajax.files import write_atomic
 
 FORMAT_VERSION = 1
@@ -59,6 +62,9 @@ class Info:
     data_fingerprint: dict  # the training data's, as the run recorded it
     class_names: tuple[str, ...]
     format_version: int
+    # Each class's positive rate in the run's training part; None if the file has none.
+    # A tuple, not an array, so that Info stays immutable and comparable with ==.
+    class_frequency: tuple[float, ...] | None = None
 
 
 def file_name(split: str) -> str:
@@ -90,9 +96,18 @@ def check(predictions: Predictions) -> None:
 
 
 def save(path: str | os.PathLike, predictions: Predictions, *, split: str, step: int,
-         data_fingerprint: dict) -> pathlib.Path:
-    """Writes ``predictions`` and where they came from to ``path`` (atomically); returns it."""
+         data_fingerprint: dict,
+         class_frequency: np.ndarray | None = None) -> pathlib.Path:
+    """Writes ``predictions`` and where they came from to ``path`` (atomically); returns it.
+
+    ``class_frequency``: float [28], each class's positive rate in the run's
+    training part, or None when unknown (then not written). ValueError, and
+    nothing written, if the predictions or the rates would not load back.
+    """
     check(predictions)
+    optional = ({} if class_frequency is None else
+                {"class_frequency": evaluate.check_frequency(class_frequency,
+                                                             classes.NUM_CLASSES)})
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -103,7 +118,7 @@ def save(path: str | os.PathLike, predictions: Predictions, *, split: str, step:
         probs=np.asarray(predictions.probs, np.float32), loss=np.float64(predictions.loss),
         class_names=np.asarray(classes.CLASS_NAMES, dtype=np.str_), split=np.str_(split),
         step=np.int64(step), data_fingerprint=np.str_(json.dumps(data_fingerprint)),
-        format_version=np.int64(FORMAT_VERSION))
+        format_version=np.int64(FORMAT_VERSION), **optional)
     write_atomic(path, buffer.getvalue())
     return path
 
@@ -113,14 +128,17 @@ def load(path: str | os.PathLike) -> tuple[Predictions, Info]:
 
     Raises FileNotFoundError if it is absent and ValueError naming it if it is
     not such a file, has another format version or other class names, or
-    holds inconsistent arrays or probabilities outside [0, 1].
+    holds inconsistent arrays, probabilities or class frequencies outside [0, 1].
     """
     try:
         arrays = _read(path)
+        frequency = arrays.get("class_frequency")
         info = Info(split=str(arrays["split"]), step=int(arrays["step"]),
                     data_fingerprint=json.loads(str(arrays["data_fingerprint"])),
                     class_names=tuple(arrays["class_names"].tolist()),
-                    format_version=int(arrays["format_version"]))
+                    format_version=int(arrays["format_version"]),
+                    class_frequency=None if frequency is None else tuple(
+                        evaluate.check_frequency(frequency, classes.NUM_CLASSES).tolist()))
         if info.format_version != FORMAT_VERSION:
             raise ValueError(f"format_version {info.format_version}; this hpajax reads "
                              f"version {FORMAT_VERSION}")

@@ -1,24 +1,35 @@
 """The report a user reads after training: tuned thresholds, metric tables, figures.
 
 ``write_report`` takes the ``Predictions`` of the validation and test splits
-(NumPy only, no JAX), tunes per-class thresholds on the validation split and
-reports on the test split, so the thresholds never see the data they are
-scored on. For comparison it also reports the seed paper's way (thresholds
-tuned on the training split) and the optimistic bound of thresholds tuned on
-the test split itself.
+(NumPy only, no JAX), chooses per-class thresholds on the validation split and
+reports on both, so the thresholds never see the test data they are scored
+on. The threshold sets, in the order reported:
+
+- ``tuned_on_val``: the best-F1 grid search on the validation split;
+- ``guarded`` (the one used): the same, except that classes with fewer than
+  ``min_val_positives`` validation positives keep their rate-matched
+  threshold on the validation split (0.5 when the class frequency is
+  unknown): a search on one or two positives overfits them;
+- ``rate``: per class, the threshold at which the predicted positive rate of
+  the scored split itself matches the class's training frequency (no labels
+  used; only when the predictions files hold the class frequency);
+- ``tuned_on_train``: the seed paper's way, when train predictions exist;
+- ``tuned_on_test``: the optimistic bound, on the test split only.
 
 ``rebuild`` writes a run's whole report from the predictions ``evaluate``
 saved in ``WORKDIR/report/`` (see ``hpajax.predictions``); ``evaluate`` itself
 goes through it, so a report rebuilt later on a laptop, without JAX, is the
-one ``evaluate`` wrote: ``python -m hpajax.report WORKDIR [--nofigures]``.
+one ``evaluate`` wrote: ``python -m hpajax.report WORKDIR [--nofigures]
+[--min_val_positives=N]``.
 
 Files written to the report directory:
 
 - ``metrics.json``: micro/macro/weighted/samples F1 and macro AUC of each
-  split at threshold 0.5 and at each set of tuned thresholds;
-- ``thresholds.json``: the tuned thresholds (used by ``predict``);
+  split at threshold 0.5 and at each threshold set above;
+- ``thresholds.json``: the fixed threshold sets, ``use`` (the set ``predict``
+  applies by default), and the class frequency the ``rate`` set is matched to;
 - ``per_class.csv`` and ``per_class.md``: the seed's Tables 5 and 7 for the
-  test split at the validation-tuned thresholds;
+  test split at the ``use`` thresholds;
 - PNG figures, when matplotlib is installed: ``roc.png`` (Figure 9),
   ``training_curves.png`` (Figure 5), ``f1_per_class.png``, and
   ``best.png`` / ``worst.png`` montages of test samples (Figures 10-11).
@@ -41,6 +52,12 @@ from hpajax.predictions import Predictions
 from hpajax.records import read_records
 
 DECISION_RULE = "class predicted iff probability > threshold"
+MIN_VAL_POSITIVES = 5  # fewer validation positives: a class keeps its fallback threshold
+# The threshold sets a report scores, in its order; "rate" depends on the scored split.
+THRESHOLD_SETS = ("tuned_on_val", "guarded", "rate", "tuned_on_train", "tuned_on_test")
+USE = "guarded"  # the set per_class tables, montages and predict use
+# What ``prediction_thresholds`` can apply to new probabilities.
+PREDICTION_THRESHOLDS = ("guarded", "tuned_on_val", "rate", "0.5")
 REPORT_DIR = "report"  # the report folder of a workdir
 # The predictions files a report is built from, by role; "train" is optional.
 ROLES = ("val", "test", "train")
@@ -56,27 +73,51 @@ def summary(report: dict) -> dict[str, float]:
     return out
 
 
-def tuned_thresholds(val: Predictions, test: Predictions,
-                     train: Predictions | None) -> dict[str, np.ndarray]:
-    """Threshold sets by where they were tuned: val (ours), train (the seed's), test (bound)."""
-    sets = {"tuned_on_val": evaluate.search_thresholds(val.labels, val.probs)}
+def tuned_thresholds(val: Predictions, test: Predictions, train: Predictions | None,
+                     class_frequency: Sequence[float] | np.ndarray | None = None,
+                     min_val_positives: int = MIN_VAL_POSITIVES) -> dict[str, np.ndarray]:
+    """The fixed threshold sets (all but "rate"), in ``THRESHOLD_SETS`` order.
+
+    The guard's fallback is ``rate_thresholds`` on val when ``class_frequency``
+    is known, else 0.5 (the untuned default).
+    """
+    fallback = (0.5 if class_frequency is None
+                else evaluate.rate_thresholds(val.probs, class_frequency))
+    sets = {"tuned_on_val": evaluate.search_thresholds(val.labels, val.probs),
+            "guarded": evaluate.guarded_thresholds(val.labels, val.probs, fallback,
+                                                   min_val_positives)}
     if train is not None:
         sets["tuned_on_train"] = evaluate.search_thresholds(train.labels, train.probs)
     sets["tuned_on_test"] = evaluate.search_thresholds(test.labels, test.probs)
     return sets
 
 
+def scored_sets(sets: dict[str, np.ndarray], split: Predictions,
+                class_frequency: Sequence[float] | np.ndarray | None,
+                is_test: bool) -> dict[str, np.ndarray]:
+    """The threshold sets ``split`` is scored at, in ``THRESHOLD_SETS`` order: the fixed
+    ``sets``, "rate" matched on ``split`` itself (when ``class_frequency`` is known) and
+    "tuned_on_test" on the test split only."""
+    scored = dict(sets)
+    if class_frequency is not None:
+        scored["rate"] = evaluate.rate_thresholds(split.probs, class_frequency)
+    if not is_test:
+        scored.pop("tuned_on_test", None)
+    return {name: scored[name] for name in THRESHOLD_SETS if name in scored}
+
+
 def metrics_table(val: Predictions, test: Predictions, sets: dict[str, np.ndarray],
-                  names: tuple[str, str] = ("val", "test")) -> dict:
-    """Summaries of val and test (keyed by ``names``) at 0.5 and at each threshold set."""
+                  names: tuple[str, str] = ("val", "test"),
+                  class_frequency: Sequence[float] | np.ndarray | None = None) -> dict:
+    """Summaries of val and test (keyed by ``names``) at 0.5 and at each of their
+    ``scored_sets``."""
     half = np.full(classes.NUM_CLASSES, 0.5)
     out = {}
     for name, split, is_test in ((names[0], val, False), (names[1], test, True)):
         rows = {"threshold_0.5": summary(evaluate.classification_report(
             split.labels, split.probs, half))}
-        for set_name, thresholds in sets.items():
-            if set_name == "tuned_on_test" and not is_test:
-                continue
+        for set_name, thresholds in scored_sets(sets, split, class_frequency,
+                                                is_test).items():
             rows[set_name] = summary(evaluate.classification_report(split.labels, split.probs,
                                                                     thresholds))
         out[name] = {"samples": len(split.labels),
@@ -88,23 +129,28 @@ def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions
                  train: Predictions | None = None, names: tuple[str, str] = ("val", "test"),
                  step: int | None = None, records: Sequence[dict] | None = None,
                  images_of: Callable[[np.ndarray], np.ndarray] | None = None,
-                 montage_size: int = 6, draw_figures: bool = True) -> dict:
+                 montage_size: int = 6, draw_figures: bool = True,
+                 class_frequency: Sequence[float] | np.ndarray | None = None,
+                 min_val_positives: int = MIN_VAL_POSITIVES) -> dict:
     """Writes the report files (and figures, if asked and matplotlib is there); returns
     metrics.json.
 
     ``names`` are the split names of ``val`` and ``test`` (metrics.json's
     keys); ``records`` are the run's ``metrics.jsonl`` entries (for the
     training curves); ``images_of(rows)`` returns the uint8 images of those
-    store rows (for the montages of ``test``).
+    store rows (for the montages of ``test``); ``class_frequency`` [28] is
+    each class's positive rate in training (None: unknown, no "rate" set and
+    the guard falls back to 0.5); ``min_val_positives`` is the guard's.
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sets = tuned_thresholds(val, test, train)
+    sets = tuned_thresholds(val, test, train, class_frequency, min_val_positives)
     metrics = {"step": step, "decision_rule": DECISION_RULE,
-               **metrics_table(val, test, sets, names)}
+               **metrics_table(val, test, sets, names, class_frequency)}
     write_json(out / "metrics.json", _finite(metrics))
-    write_json(out / "thresholds.json", _thresholds_file(sets))
-    report = evaluate.classification_report(test.labels, test.probs, sets["tuned_on_val"])
+    write_json(out / "thresholds.json",
+               _thresholds_file(sets, class_frequency, min_val_positives))
+    report = evaluate.classification_report(test.labels, test.probs, sets[USE])
     write_atomic(out / "per_class.csv", evaluate.to_csv(report))
     write_atomic(out / "per_class.md", evaluate.to_markdown(report))
     print(f"report: {out}/ (metrics.json, thresholds.json, per_class.csv, per_class.md)")
@@ -127,7 +173,7 @@ def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions
     if records:
         written.append(figures.training_curves_figure(out / "training_curves.png", records))
     if images_of is not None:
-        written += _montages(out, test, names[1], sets["tuned_on_val"], images_of, montage_size)
+        written += _montages(out, test, names[1], sets[USE], images_of, montage_size)
     print("report: figures " + ", ".join(p.name for p in written))
     return metrics
 
@@ -180,9 +226,16 @@ def _montages(out: pathlib.Path, test: Predictions, name: str, thresholds: np.nd
     return written
 
 
-def _thresholds_file(sets: dict[str, np.ndarray]) -> dict:
+def _thresholds_file(sets: dict[str, np.ndarray],
+                     class_frequency: Sequence[float] | np.ndarray | None,
+                     min_val_positives: int) -> dict:
+    """thresholds.json: the fixed sets, and the frequencies "rate" is matched to when known."""
+    known = class_frequency is not None
+    frequency = {"class_frequency": [float(f) for f in class_frequency]} if known else {}
     return {"decision_rule": DECISION_RULE, "grid": "0.00 to 1.00, step 0.01",
-            "use": "tuned_on_val", "class_names": list(classes.CLASS_NAMES),
+            "use": USE, "class_names": list(classes.CLASS_NAMES),
+            "min_val_positives": int(min_val_positives),
+            "guarded_fallback": "rate" if known else "0.5", **frequency,
             **{name: [float(t) for t in values] for name, values in sets.items()}}
 
 
@@ -195,23 +248,64 @@ def _finite(obj):
     return obj
 
 
-def load_thresholds(report_dir: str | os.PathLike) -> np.ndarray:
-    """The validation-tuned thresholds ``write_report`` saved."""
+def prediction_thresholds(report_dir: str | os.PathLike, probs: np.ndarray,
+                          how: str = "guarded") -> np.ndarray:
+    """The thresholds [28] ``predict`` applies to ``probs`` [N, 28], chosen by ``how``.
+
+    "guarded" (the default) and "tuned_on_val" are the sets ``write_report``
+    saved in ``report_dir``; "rate" is matched on ``probs`` themselves to the
+    training class frequency saved there; "0.5" reads nothing. ValueError for
+    another ``how``, or for one that the saved thresholds.json cannot give (a
+    file of an earlier hpajax has no "guarded" and no class frequency).
+    """
+    if how not in PREDICTION_THRESHOLDS:
+        raise ValueError(f"unknown thresholds {how!r}: choose one of "
+                         + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS))
+    if how == "0.5":
+        return np.full(classes.NUM_CLASSES, 0.5)
+    if how != "rate":
+        return load_thresholds(report_dir, how)
+    path, data = _read_thresholds(report_dir)
+    if "class_frequency" not in data:
+        raise ValueError(f"{path} has no class_frequency for \"rate\" thresholds (its "
+                         "predictions were saved without it): run `python -m hpajax.main "
+                         "evaluate` again, or choose another of "
+                         + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS if h != "rate"))
+    return evaluate.rate_thresholds(probs, data["class_frequency"])
+
+
+def load_thresholds(report_dir: str | os.PathLike, name: str | None = None) -> np.ndarray:
+    """The fixed threshold set ``name`` ``write_report`` saved (default: its ``use`` set).
+
+    ValueError if thresholds.json lacks it (written by an earlier hpajax: rebuild
+    the report) or it is not 28 thresholds in [0, 1].
+    """
+    path, data = _read_thresholds(report_dir)
+    name = data["use"] if name is None else name
+    if name not in data:
+        raise ValueError(f"{path} has no {name!r} thresholds (written by an earlier hpajax): "
+                         "rebuild the report with `python -m hpajax.report WORKDIR`")
+    try:
+        return evaluate.check_thresholds(data[name], classes.NUM_CLASSES)
+    except ValueError as e:
+        raise ValueError(f"{path}: {name}: {e}") from None
+
+
+def _read_thresholds(report_dir: str | os.PathLike) -> tuple[pathlib.Path, dict]:
+    """The path and the content of a report's thresholds.json."""
     path = pathlib.Path(report_dir) / "thresholds.json"
-    data = json.loads(path.read_text())
-    values = np.asarray(data[data["use"]], np.float64)
-    if values.shape != (classes.NUM_CLASSES,):
-        raise ValueError(f"{path}: expected {classes.NUM_CLASSES} thresholds, got {values.shape}")
-    return values
+    return path, json.loads(path.read_text())
 
 
-def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True) -> dict:
+def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True,
+            min_val_positives: int = MIN_VAL_POSITIVES) -> dict:
     """Writes ``WORKDIR/report/`` from the predictions saved there; returns metrics.json.
 
     Reads ``report/predictions_{val,test}.npz`` (and ``predictions_train.npz``
-    if saved, for the seed's thresholds), ``metrics.jsonl`` for the training
-    curves and, for the montages, the test images from the run's store; no
-    JAX. Without the store the report is written without montages.
+    if saved, for the seed's thresholds; the class frequency comes from the
+    val file), ``metrics.jsonl`` for the training curves and, for the
+    montages, the test images from the run's store; no JAX. Without the
+    store the report is written without montages.
     """
     workdir = pathlib.Path(workdir)
     out = workdir / REPORT_DIR
@@ -223,7 +317,9 @@ def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True) -> dict:
                  if draw_figures and figures.plotting_available() else None)
     return write_report(out, val, test, train=saved["train"][0] if "train" in saved else None,
                         names=(val_info.split, test_info.split), step=test_info.step,
-                        records=records, images_of=images_of, draw_figures=draw_figures)
+                        records=records, images_of=images_of, draw_figures=draw_figures,
+                        class_frequency=val_info.class_frequency,
+                        min_val_positives=min_val_positives)
 
 
 def load_predictions(workdir: str | os.PathLike
@@ -269,11 +365,13 @@ def _store_images(workdir: pathlib.Path,
 
 
 def main(argv: list[str]) -> None:
-    """``python -m hpajax.report WORKDIR [--nofigures]``."""
+    """``python -m hpajax.report WORKDIR [--nofigures] [--min_val_positives=N]``."""
     if len(argv) != 2:
-        raise app.UsageError("usage: python -m hpajax.report WORKDIR [--nofigures]")
+        raise app.UsageError("usage: python -m hpajax.report WORKDIR [--nofigures] "
+                             "[--min_val_positives=N]")
     try:
-        rebuild(argv[1], draw_figures=flags.FLAGS.figures)
+        rebuild(argv[1], draw_figures=flags.FLAGS.figures,
+                min_val_positives=flags.FLAGS.min_val_positives)
     except (ValueError, OSError) as e:  # missing or bad files: say what, no traceback
         sys.exit(f"report: error: {e}")
 
@@ -282,4 +380,8 @@ if __name__ == "__main__":
     # Defined only when run: hpajax.main and experiments/sweep.py import this module
     # and have flags of their own (sweep's is also called --figures).
     flags.DEFINE_bool("figures", True, "Draw the figures (needs matplotlib).")
+    flags.DEFINE_integer("min_val_positives", MIN_VAL_POSITIVES,
+                         "In the guarded thresholds, classes with fewer validation positives "
+                         "keep their fallback (rate-matched on val; 0.5 without the class "
+                         "frequency) instead of the F1 search's; 0: no guard.", lower_bound=0)
     app.run(main)

@@ -269,3 +269,88 @@ def test_markdown_tables():
     assert f"| 0 | Nucleoplasm | {row['precision']:.3f} | {row['recall']:.3f} | " \
            f"{row['f1']:.3f} | {row['support']} |" in lines
     assert any(line.startswith("| weighted avg |") for line in lines)
+
+
+def count_above(y_prob, thresholds) -> np.ndarray:
+    """Per class, how many samples the strict rule predicts positive."""
+    return np.count_nonzero(np.asarray(y_prob) > thresholds, axis=0)
+
+
+def test_rate_thresholds_predict_round_f_times_n_positives_without_ties():
+    n = 128
+    rng = np.random.default_rng(10)
+    y_prob = rng.random((n, 28))  # continuous: no ties
+    frequency = rng.random(28)
+    frequency[:4] = [0.0, 1.0, 2.5 / n, 3.5 / n]  # none, all, halves (to even: 2 and 4)
+    got = evaluate.rate_thresholds(y_prob, frequency)
+    wanted = [round(f * n) for f in frequency]
+    assert wanted[:4] == [0, n, 2, 4]
+    assert count_above(y_prob, got).tolist() == wanted
+    descending = -np.sort(-y_prob, axis=0)
+    for c, k in enumerate(wanted):  # the (k+1)-th largest; never for k = 0, 0.0 for k = N
+        assert got[c] == (1.0 if k == 0 else 0.0 if k == n else descending[k, c])
+
+
+def test_rate_thresholds_with_ties_give_the_closest_count_then_the_fewer_positives():
+    n = 90
+    _, y_prob = random_set(n=n, seed=11)  # on a 0.01 grid: many ties
+    frequency = np.random.default_rng(11).random(28)
+    got = count_above(y_prob, evaluate.rate_thresholds(y_prob, frequency))
+    for c in range(28):
+        # The probabilities lie on the grid, so it gives every count a threshold can.
+        counts = np.array([(y_prob[:, c] > t).sum() for t in evaluate.DEFAULT_GRID])
+        distance = np.abs(counts - round(frequency[c] * n))
+        assert got[c] == counts[distance == distance.min()].min(), c
+    assert (got != [round(f * n) for f in frequency]).any()  # the ties did matter
+
+
+@pytest.mark.parametrize("scores, frequency, threshold, count", [
+    ([0.9, 0.5, 0.5, 0.5, 0.1], 0.4, 0.5, 1),  # k = 2: 1 (1 off) beats 4 (2 off)
+    ([0.9, 0.5, 0.5, 0.5, 0.1], 0.6, 0.1, 4),  # k = 3: 4 (1 off) beats 1: more than k
+    ([0.9, 0.5, 0.5, 0.1], 0.5, 0.5, 1),  # k = 2: 1 and 3 are as close: the fewer
+    ([1.0, 1.0, 1.0, 0.2], 0.5, 0.2, 3),  # saturated probabilities: 3, not 0
+    ([0.3, 0.0, 0.2], 1.0, 0.0, 2),  # k = N: threshold 0.0, an exact 0 stays negative
+    ([0.3, 0.7, 0.2], 0.0, 1.0, 0),  # k = 0: never
+    ([1.0, 1.0], 0.0, 1.0, 0),
+])
+def test_rate_thresholds_edge_cases(scores, frequency, threshold, count):
+    scores = np.array(scores)
+    got = evaluate.rate_thresholds(scores[:, None], [frequency])
+    assert got.tolist() == [threshold] and (scores > got[0]).sum() == count
+
+
+@pytest.mark.parametrize("frequency, match", [
+    ([0.1, 0.2, 0.3], r"frequency must have shape \(2,\), got \(3,\)"),
+    (0.5, r"frequency must have shape \(2,\), got \(\)"),
+    ([0.1, 1.5], r"frequency must be in \[0, 1\]: 1.5 for class 1"),
+    ([np.nan, 0.1], r"frequency must be in \[0, 1\]: nan for class 0"),
+    ([-0.1, 0.1], r"frequency must be in \[0, 1\]: -0.1 for class 0"),
+])
+def test_rate_thresholds_refuse_bad_frequencies(frequency, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate.rate_thresholds(GOOD_P, frequency)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]: 1.5 at \(row 1, class 1\)"):
+        evaluate.rate_thresholds([[0.1, 0.9], [0.8, 1.5]], [0.5, 0.5])
+
+
+def test_guarded_thresholds_keep_the_fallback_where_positives_are_few():
+    y_true, y_prob = random_set(n=60, seed=12)  # rates 0.02 to 0.5: about 1 to 30 positives
+    y_true[:, 0] = 0
+    fallback = np.random.default_rng(12).random(28)
+    few = y_true.sum(axis=0) < 5
+    assert few.sum() >= 3 and (~few).sum() >= 3
+    searched = evaluate.search_thresholds(y_true, y_prob)  # equals the brute force: above
+    got = evaluate.guarded_thresholds(y_true, y_prob, fallback, min_positives=5)
+    np.testing.assert_array_equal(got[few], fallback[few])
+    np.testing.assert_array_equal(got[~few], searched[~few])
+    assert got[0] == fallback[0] != evaluate.NEVER  # no positives: the fallback, not never
+    np.testing.assert_array_equal(evaluate.guarded_thresholds(y_true, y_prob, 0.5, 0), searched)
+    assert evaluate.guarded_thresholds(y_true, y_prob, 0.5, 61).tolist() == [0.5] * 28
+
+
+@pytest.mark.parametrize("min_positives", [-1, 2.5, None])
+def test_guarded_thresholds_refuse_a_bad_min_positives(min_positives):
+    with pytest.raises(ValueError, match=r"min_positives must be an integer >= 0, got "):
+        evaluate.guarded_thresholds(GOOD_T, GOOD_P, 0.5, min_positives)
+    with pytest.raises(ValueError, match=r"thresholds must have shape \(2,\), got \(3,\)"):
+        evaluate.guarded_thresholds(GOOD_T, GOOD_P, [0.5] * 3, 1)

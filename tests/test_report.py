@@ -5,12 +5,14 @@ import subprocess
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from conftest import PYTHON, REPO
-from hpajax import classes, figures, predictions, report
+from hpajax import classes, evaluate, figures, predictions, report
 from hpajax.data.store import write_store
 
 C = classes.NUM_CLASSES
+FREQUENCY = np.linspace(0.05, 0.6, C)  # each class's positive rate in training
 NUMBERS = ("metrics.json", "thresholds.json", "per_class.csv", "per_class.md")
 FINGERPRINT = {"store": "/data/store", "samples": 12, "ids_sha256": "ab",
                "train_split_sha256": "cd"}
@@ -58,13 +60,16 @@ def _assert_same(a: predictions.Predictions, b: predictions.Predictions) -> None
         np.testing.assert_array_equal(got, want)
 
 
-def _save_all(workdir, step: int = 7) -> dict[str, predictions.Predictions]:
-    """Saves predictions of train, val and test as ``evaluate`` does; returns them."""
+def _save_all(workdir, step: int = 7, class_frequency: np.ndarray | None = FREQUENCY
+              ) -> dict[str, predictions.Predictions]:
+    """Saves predictions of train, val and test as ``evaluate`` does (with the class
+    frequency unless None: as saved before there was one); returns them."""
     saved = {}
     for seed, split in enumerate(("train", "val", "test")):
         saved[split] = _predictions(split, seed)
         predictions.save(workdir / "report" / predictions.file_name(split), saved[split],
-                         split=split, step=step, data_fingerprint=FINGERPRINT)
+                         split=split, step=step, data_fingerprint=FINGERPRINT,
+                         class_frequency=class_frequency)
     return saved
 
 
@@ -136,6 +141,8 @@ def _tampered(tmp_path, **changes) -> str:
      "in [0, 1]: nan at row 0, class 0 (3 such values)"),
     ({"labels": np.full((3, C), 2, np.uint8)}, "labels other than 0/1"),
     ({"step": None, "split": None}, "missing split, step"),
+    ({"class_frequency": np.full(C, 1.5)}, "frequency must be in [0, 1]: 1.5 for class 0"),
+    ({"class_frequency": np.zeros(3)}, "frequency must have shape (28,), got (3,)"),
 ])
 def test_load_refuses_a_file_it_cannot_trust(tmp_path, changes, why):
     path = _tampered(tmp_path, **changes)
@@ -160,7 +167,24 @@ def test_save_refuses_predictions_that_load_would_refuse(tmp_path):
     bad = predictions.Predictions(val.ids, val.rows, val.labels, val.probs * np.nan, 0.0)
     with pytest.raises(ValueError, match="probabilities must be in"):
         predictions.save(tmp_path / "p.npz", bad, split="val", step=1, data_fingerprint={})
+    with pytest.raises(ValueError, match=r"frequency must have shape \(28,\), got \(27,\)"):
+        predictions.save(tmp_path / "p.npz", val, split="val", step=1, data_fingerprint={},
+                         class_frequency=FREQUENCY[:27])
     assert not list(tmp_path.iterdir())
+
+
+def test_the_class_frequency_round_trips_and_older_files_load_without_it(tmp_path):
+    val = _predictions("val")
+    path = predictions.save(tmp_path / "new.npz", val, split="val", step=1,
+                            data_fingerprint=FINGERPRINT, class_frequency=FREQUENCY)
+    assert predictions.load(path)[1].class_frequency == tuple(FREQUENCY.tolist())  # exactly
+    old = predictions.save(tmp_path / "old.npz", val, split="val", step=1,
+                           data_fingerprint=FINGERPRINT)  # as evaluate saved them before
+    with np.load(old) as npz:
+        assert "class_frequency" not in npz.files
+    got, info = predictions.load(old)
+    _assert_same(got, val)
+    assert info.class_frequency is None
 
 
 # --- write_report and rebuild ------------------------------------------------------------
@@ -170,9 +194,11 @@ def test_rebuild_writes_what_write_report_writes_for_the_same_predictions(tmp_pa
     saved = _save_all(workdir, step=7)
     metrics = report.rebuild(workdir, draw_figures=False)
     direct = report.write_report(tmp_path / "direct", saved["val"], saved["test"],
-                                 train=saved["train"], step=7, draw_figures=False)
+                                 train=saved["train"], step=7, draw_figures=False,
+                                 class_frequency=FREQUENCY)
     assert metrics == direct and metrics["step"] == 7
-    assert {"tuned_on_val", "tuned_on_train", "tuned_on_test"} <= set(metrics["test"])
+    assert {"tuned_on_val", "guarded", "rate", "tuned_on_train", "tuned_on_test"} <= set(
+        metrics["test"])
     for name in NUMBERS:
         assert (workdir / "report" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
     assert "rebuilding" in capsys.readouterr().out
@@ -283,3 +309,131 @@ def test_montage_rows_rank_samples_by_their_f1():
     best, worst = report.montage_rows(y_true, y_prob, np.full(C, 0.5), 6)
     assert best.tolist() == [0, 1, 4, 3]  # exact (confident first), then by F1; not #2 (F1 0)
     assert worst.tolist() == [2, 3, 4]  # F1 0, 0.5, 2/3; exact matches are not shown
+
+
+# --- threshold sets: tuned, guarded, rate-matched; what predict applies ---------------------
+
+RARE = 27  # the rare class of the small validation split
+SETS = ["threshold_0.5", "tuned_on_val", "guarded", "rate"]
+
+
+def _small_validation() -> tuple[predictions.Predictions, predictions.Predictions, np.ndarray]:
+    """Val (120 samples) and test (400) of one distribution, and the training class
+    frequency: RARE (rate 0.01) has one validation positive, at probability 0.06 (an F1
+    search fits it with a near-zero threshold), and four test positives at 0.9; its
+    negatives' probabilities spread over [0, 0.4]. Every other class: rate 0.3."""
+    rng = np.random.default_rng(0)
+    frequency = np.full(C, 0.3)
+    frequency[RARE] = 0.01
+
+    def split(n: int, positives: int, positive_prob: float) -> predictions.Predictions:
+        labels = (rng.random((n, C)) < frequency).astype(np.uint8)
+        probs = 0.45 * labels + 0.55 * rng.random((n, C))
+        labels[:, RARE] = np.arange(n) < positives
+        probs[:, RARE] = np.where(labels[:, RARE], positive_prob, rng.uniform(0, 0.4, n))
+        return predictions.Predictions.from_arrays(labels, probs)
+
+    return split(120, 1, 0.06), split(400, 4, 0.9), frequency
+
+
+def _micro_f1(split: predictions.Predictions, thresholds: np.ndarray) -> float:
+    return f1_score(split.labels, split.probs > thresholds, average="micro", zero_division=0)
+
+
+def test_the_guard_keeps_a_rare_class_from_overfitting_a_small_validation_split(tmp_path):
+    val, test, frequency = _small_validation()
+    metrics = report.write_report(tmp_path, val, test, class_frequency=frequency,
+                                  draw_figures=False)
+    saved = json.loads((tmp_path / "thresholds.json").read_text())
+    tuned, guarded = np.array(saved["tuned_on_val"]), np.array(saved["guarded"])
+    assert tuned[RARE] < 0.06  # fits its one validation positive
+    # Guarded: the rare class keeps the threshold matching its training rate on val
+    # (round(0.01 * 120) = 1 positive); the others have >= 5 positives and keep the search's.
+    assert (val.probs[:, RARE] > guarded[RARE]).sum() == 1
+    others = np.arange(C) != RARE
+    assert (val.labels[:, others].sum(axis=0) >= report.MIN_VAL_POSITIVES).all()
+    np.testing.assert_array_equal(guarded[others], tuned[others])
+    assert metrics["test"]["tuned_on_val"]["micro_f1"] == pytest.approx(
+        _micro_f1(test, tuned), abs=1e-12)
+    assert metrics["test"]["guarded"]["micro_f1"] == pytest.approx(
+        _micro_f1(test, guarded), abs=1e-12)
+    assert _micro_f1(test, guarded) > _micro_f1(test, tuned) + 0.02
+    assert (saved["use"], saved["min_val_positives"], saved["guarded_fallback"]) == (
+        "guarded", 5, "rate")
+    assert saved["class_frequency"] == frequency.tolist()
+    per_class = (tmp_path / "per_class.csv").read_text().splitlines()[1:C + 1]
+    assert [float(row.split(",")[-1]) for row in per_class] == guarded.tolist()  # "use"
+
+
+def test_metrics_json_scores_each_set_on_val_and_test_with_rate_matched_on_each(tmp_path):
+    val, test, frequency = _small_validation()
+    metrics = report.write_report(tmp_path, val, test, class_frequency=frequency,
+                                  draw_figures=False)
+    assert list(metrics["val"])[2:] == SETS
+    assert list(metrics["test"])[2:] == SETS + ["tuned_on_test"]
+    assert {"micro_f1", "macro_f1", "weighted_f1"} <= set(metrics["test"]["tuned_on_test"])
+    for name, split in (("val", val), ("test", test)):
+        rate = evaluate.rate_thresholds(split.probs, frequency)
+        n = len(split.labels)  # no ties: each class gets exactly round(f * n) positives
+        assert (split.probs > rate).sum(axis=0).tolist() == [round(f * n) for f in frequency]
+        for avg in ("micro", "macro", "weighted"):
+            assert metrics[name]["rate"][f"{avg}_f1"] == pytest.approx(f1_score(
+                split.labels, split.probs > rate, average=avg, zero_division=0), abs=1e-12)
+            assert all(isinstance(metrics[name][s][f"{avg}_f1"], float) for s in SETS)
+
+
+def test_prediction_thresholds_for_each_choice(tmp_path):
+    val, test, frequency = _small_validation()
+    report.write_report(tmp_path, val, test, class_frequency=frequency, draw_figures=False)
+    new = np.random.default_rng(9).random((50, C))  # the probabilities predict thresholds
+    guarded = evaluate.guarded_thresholds(val.labels, val.probs,
+                                          evaluate.rate_thresholds(val.probs, frequency), 5)
+    np.testing.assert_array_equal(report.prediction_thresholds(tmp_path, new), guarded)
+    np.testing.assert_array_equal(report.load_thresholds(tmp_path), guarded)  # the "use" set
+    np.testing.assert_array_equal(report.prediction_thresholds(tmp_path, new, "tuned_on_val"),
+                                  evaluate.search_thresholds(val.labels, val.probs))
+    rate = report.prediction_thresholds(tmp_path, new, "rate")  # matched on `new` itself
+    assert (new > rate).sum(axis=0).tolist() == [round(f * 50) for f in frequency]
+    assert report.prediction_thresholds(tmp_path, new, "0.5").tolist() == [0.5] * C
+    with pytest.raises(ValueError, match="unknown thresholds 'tuned_on_test': choose one of "
+                                         "'guarded', 'tuned_on_val', 'rate', '0.5'"):
+        report.prediction_thresholds(tmp_path, new, "tuned_on_test")
+
+
+def test_thresholds_json_of_an_earlier_version_still_gives_tuned_on_val(tmp_path):
+    tuned = np.linspace(0.1, 0.9, C)
+    (tmp_path / "thresholds.json").write_text(json.dumps({  # as written before the guard
+        "decision_rule": report.DECISION_RULE, "grid": "0.00 to 1.00, step 0.01",
+        "use": "tuned_on_val", "class_names": list(classes.CLASS_NAMES),
+        "tuned_on_val": tuned.tolist(), "tuned_on_test": [0.5] * C}))
+    new = np.random.default_rng(9).random((50, C))
+    np.testing.assert_array_equal(report.prediction_thresholds(tmp_path, new, "tuned_on_val"),
+                                  tuned)
+    np.testing.assert_array_equal(report.load_thresholds(tmp_path), tuned)
+    with pytest.raises(ValueError, match=r"thresholds.json has no 'guarded' thresholds \("
+                                         r"written by an earlier hpajax\): rebuild the report"):
+        report.prediction_thresholds(tmp_path, new)
+    with pytest.raises(ValueError, match=r"thresholds.json has no class_frequency for \"rate\""):
+        report.prediction_thresholds(tmp_path, new, "rate")
+
+
+def test_without_class_frequency_no_rate_set_and_the_guard_falls_back_to_half(tmp_path):
+    workdir = tmp_path / "work"
+    saved = _save_all(workdir, class_frequency=None)  # predictions files of before
+    metrics = report.rebuild(workdir, draw_figures=False)
+    assert list(metrics["val"])[2:] == ["threshold_0.5", "tuned_on_val", "guarded",
+                                        "tuned_on_train"]
+    thresholds = json.loads((workdir / "report" / "thresholds.json").read_text())
+    assert "class_frequency" not in thresholds and thresholds["guarded_fallback"] == "0.5"
+    assert (saved["val"].labels.sum(axis=0) < 5).all()  # 3 samples: every class falls back
+    assert thresholds["guarded"] == [0.5] * C
+
+    # The command's --min_val_positives: 1 guards only the classes without val positives.
+    r = subprocess.run([PYTHON, "-m", "hpajax.report", str(workdir), "--nofigures",
+                        "--min_val_positives=1"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    thresholds = json.loads((workdir / "report" / "thresholds.json").read_text())
+    some = saved["val"].labels.sum(axis=0) >= 1
+    assert some.any() and not some.all() and thresholds["min_val_positives"] == 1
+    expected = np.where(some, thresholds["tuned_on_val"], 0.5)
+    assert thresholds["guarded"] == expected.tolist() != [0.5] * C
