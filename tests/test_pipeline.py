@@ -175,8 +175,6 @@ def test_train_rejects_bad_input(labeled, unlabeled):
                                shard_count=2)
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.train_dataset(split_of(labeled), batch_size=0, seed=0)
-    with pytest.raises(ValueError, match="one source; got 2"):
-        pipeline.train_dataset(split_of(labeled) * 2, batch_size=4, seed=0)
 
 
 # --- eval_dataset ------------------------------------------------------------

@@ -6,6 +6,7 @@ float and augmentation happen later, on device)::
     image  uint8 [B, S, S, C]   C = len(channels), channels last
     label  uint8 [B, 28]        multi-hot; zeros for unlabeled stores (eval only)
     index  int64 [B]            store row of each sample (-1 for eval padding)
+    source int32 [B]            training only: which source (``index`` is a row of its store)
     mask   bool  [B]            eval only: True for real samples
 
 Design:
@@ -29,6 +30,19 @@ Design:
   in its order: the sample sequence, and which sample each row's
   augmentation and device get, do not depend on the number of hosts; within
   each epoch the shards are disjoint and cover the split.
+* Several sources (or per-row draw weights) are mixed per sample, not in a
+  fixed interleaving: the positions are global draw numbers ``p`` and a
+  stateless seeded map (``_Mixer``) sends each to a (source, row). Draw
+  ``p`` is draw ``p % L`` of virtual epoch ``p // L``, ``L`` the sources'
+  total rows; an epoch draws each source its weight's share of ``L``
+  exactly (largest remainder), in an order shuffled by (seed, epoch). A
+  source without draw weights continues one endless chain of permutations
+  of its rows, so every row comes once per pass over it; with draw weights
+  its draws are chosen with replacement by them. Since the map depends on
+  the position alone, the iterator state stays one index, resumption is
+  exact, and sharding is the same as for one source. One source without
+  draw weights keeps Grain's shuffle, so runs that had one source see the
+  order they always saw.
 * Evaluation gives each process a contiguous block of the split, in order, in
   batches padded with masked-out zero samples; every process yields the same
   number of batches (padding with fully masked batches) so that jitted
@@ -42,7 +56,9 @@ Nothing here imports JAX: the trainer passes ``jax.process_index()`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grain
 import numpy as np
@@ -51,10 +67,14 @@ from absl import flags
 
 from hpajax import classes
 from hpajax.data import store as storelib
-from hpajax.data.run_data import Source
 from hpajax.data.store import Store
 
+if TYPE_CHECKING:  # run_data may import this module (no cycle at run time)
+    from hpajax.data.run_data import Source
+
 Batch = dict[str, np.ndarray]
+# Training draws: positions -> (source int32 [B], position in the source's rows int64 [B]).
+Draws = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 # Batches each process reads ahead (and reads concurrently) by default.
 DEFAULT_PREFETCH = 2
@@ -188,14 +208,18 @@ class StoreSource:
         mask = positions >= 0
         if mask.all():
             return {**self.read_batch(positions), "mask": mask}
-        batch = {"image": np.zeros((len(positions), *self.image_shape), np.uint8),
-                 "label": np.zeros((len(positions), classes.NUM_CLASSES), np.uint8),
-                 "index": np.full(len(positions), -1, np.int64),
-                 "mask": mask}
+        batch = {**_blank_batch(len(positions), self.image_shape), "mask": mask}
         if mask.any():
             for key, value in self.read_batch(positions[mask]).items():
                 batch[key][mask] = value
         return batch
+
+
+def _blank_batch(size: int, image_shape: tuple[int, int, int]) -> Batch:
+    """``size`` zero samples of store row -1, to be filled in by mask."""
+    return {"image": np.zeros((size, *image_shape), np.uint8),
+            "label": np.zeros((size, classes.NUM_CLASSES), np.uint8),
+            "index": np.full(size, -1, np.int64)}
 
 
 def ensure_flags_parsed() -> None:
@@ -254,42 +278,278 @@ def train_dataset(
     shard_count: int = 1,
     prefetch: int = DEFAULT_PREFETCH,
 ) -> grain.IterDataset:
-    """Endless shuffled training batches of this process's shard of the sources' rows.
+    """Endless training batches of this process's shard of draws from the sources.
 
-    ``batch_size`` is per process. Every epoch is a fresh permutation of the
-    rows (fixed by ``seed``); each global batch of ``batch_size *
-    shard_count`` of it is dealt to the processes in blocks of
-    ``batch_size``; batches are full (an epoch's last partial batch
-    continues into the next epoch). One source for now: drawing from
-    several by weight comes with ``config.data.sources``.
+    ``batch_size`` is per process. The draws, fixed by ``seed``, are those of
+    ``_draw_plan``: one source without draw weights is reshuffled every
+    epoch; several sources, or draw weights, are drawn per sample by weight
+    (see the module docstring). Each global batch of ``batch_size *
+    shard_count`` draws is dealt to the processes in blocks of
+    ``batch_size``; batches are full (they run on across epochs). A batch's
+    ``source`` says which of ``sources`` each sample is from.
+
+    All sources must give images of one shape: a batch has one, and resizing
+    on the host would spend the CPU the pipeline is short of, so stores of
+    different image sizes are refused (convert them at one size).
     """
     _check_batch_size(batch_size)
     _check_sharding(shard_index, shard_count)
-    if len(sources) != 1:
-        raise ValueError(f"training reads one source; got {len(sources)}")
-    [train] = sources
-    source = StoreSource(train.store, train.rows, channels=channels)
-    if not source.has_labels:
-        raise ValueError(f"{train.store.path} has no labels: cannot train on it")
-    if len(source) == 0:
-        raise ValueError("cannot train on an empty split")
-    if len(source) < batch_size * shard_count:
-        raise ValueError(f"split of {len(source)} samples is smaller than one global "
+    positions, draws = _draw_plan(sources, seed)
+    readers = _training_sources(sources, channels)
+    total = sum(len(reader) for reader in readers)
+    if total < batch_size * shard_count:
+        raise ValueError(f"training data of {total} samples is smaller than one global "
                          f"batch ({shard_count} x {batch_size})")
-    positions = grain.MapDataset.range(len(source)).shuffle(_shuffle_seed(seed)).repeat()
     ds = (positions.batch(batch_size * shard_count, drop_remainder=True)
-          .map(_BlockReader(source, shard_index * batch_size, batch_size)))
+          .map(_BlockReader(readers, draws, shard_index * batch_size, batch_size)))
     return to_iter(ds, num_workers, prefetch)
+
+
+def drawn_label_frequency(sources: Sequence[Source], seed: int, num_draws: int) -> np.ndarray:
+    """Class frequencies (float64 [28]) among the first ``num_draws`` training draws.
+
+    What the model of a run with ``seed`` sees, against the sources' own
+    frequencies, from the draws alone: no image is read. The draws are the
+    global ones, the same for every number of processes.
+    """
+    if num_draws < 1:
+        raise ValueError(f"num_draws must be positive, got {num_draws}")
+    positions, draws = _draw_plan(sources, seed)
+    readers = [_training_source(source, None) for source in sources]
+    which, at = draws(positions.batch(num_draws)[0])
+    counts = sum(readers[s]._labels_at(at[which == s]).sum(axis=0, dtype=np.int64)
+                 for s in range(len(readers)))
+    return counts / num_draws
+
+
+def oversample_weights(labels: np.ndarray, class_frequency: np.ndarray,
+                       alpha: float) -> np.ndarray:
+    """Per-sample draw weights that favour rare classes: float64 [N], mean 1.
+
+    ``labels`` are multi-hot [N, K] (K = 28 here); ``class_frequency`` [K]
+    is each class's fraction of the samples of all the training sources
+    together. A sample weighs the largest ``(1 / class_frequency[c]) **
+    alpha`` over its classes ``c``: its rarest class decides, so rare classes
+    are drawn more often even beside a common one (as nucleoplasm, class 0,
+    mostly is). A sample without classes weighs as the most common class
+    does, the least a labeled sample can. ``alpha`` 0 draws uniformly; the
+    larger it is, the more rare classes are favoured.
+    """
+    labels = np.asarray(labels)
+    freq = np.asarray(class_frequency, np.float64)
+    if labels.ndim != 2 or not len(labels):
+        raise ValueError(f"labels must be multi-hot [N >= 1, classes], got {labels.shape}")
+    if freq.shape != labels.shape[1:] or not ((freq >= 0) & (freq <= 1)).all():
+        raise ValueError(f"class_frequency must be {labels.shape[1]} values in [0, 1], one "
+                         f"per class of labels {labels.shape}; got {freq.shape}: {freq}")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+    unseen = np.flatnonzero(labels.astype(bool).any(axis=0) & (freq == 0))
+    if unseen.size:
+        raise ValueError(f"classes {unseen.tolist()} occur in labels but have "
+                         "class_frequency 0: pass the frequency of these labels' union")
+    if not freq.any():
+        raise ValueError("class_frequency is all zero: no class to oversample")
+    weights = np.where(labels.astype(bool), freq, freq.max()).min(axis=1) ** -float(alpha)
+    return weights / weights.mean()
+
+
+def _training_source(source: Source, channels: Sequence[int] | None) -> StoreSource:
+    """One source's rows as a StoreSource; a ValueError names its store."""
+    where = source.store.path
+    try:
+        reader = StoreSource(source.store, source.rows, channels=channels)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not reader.has_labels:
+        raise ValueError(f"{where} has no labels: cannot train on it")
+    if len(reader) == 0:
+        raise ValueError(f"{where}: cannot train on an empty split (no rows)")
+    return reader
+
+
+def _training_sources(train: Sequence[Source],
+                      channels: Sequence[int] | None) -> list[StoreSource]:
+    """The sources' rows as StoreSources (at least one); refuses any that cannot share a batch."""
+    readers = [_training_source(source, channels) for source in train]
+    first, (size, _, depth) = train[0].store.path, readers[0].image_shape
+    for source, reader in zip(train[1:], readers[1:]):
+        other, (other_size, _, other_depth) = source.store.path, reader.image_shape
+        if other_size != size:
+            raise ValueError(f"{first} has {size} px images but {other} {other_size} px: "
+                             "a batch has one image size; convert them at one size")
+        if other_depth != depth:
+            raise ValueError(f"{first} gives {depth} channels but {other} {other_depth}: "
+                             "select channels that both have")
+    return readers
+
+
+def _draw_probabilities(source: Source) -> np.ndarray | None:
+    """Checks a source's weight and draw weights; its rows' draw probabilities (None: uniform)."""
+    where, weight = source.store.path, float(source.weight)
+    if not (np.isfinite(weight) and weight > 0):
+        raise ValueError(f"{where}: weight must be positive and finite, got {source.weight}")
+    if source.draw_weights is None:
+        return None
+    w = np.asarray(source.draw_weights, np.float64)
+    if w.shape != (len(source.rows),):
+        raise ValueError(f"{where}: draw_weights has shape {w.shape}, but the source has "
+                         f"{len(source.rows)} rows")
+    if not np.isfinite(w).all() or (w < 0).any() or not w.any():
+        raise ValueError(f"{where}: draw_weights must be finite, >= 0 and not all zero "
+                         f"(min {w.min()}, max {w.max()}, sum {w.sum()})")
+    return w / w.sum()
+
+
+def _draw_counts(total: int, weights: Sequence[float]) -> np.ndarray:
+    """``total`` draws shared in proportion to ``weights``, rounded by largest remainder.
+
+    Each count is ``total * w / sum(weights)`` rounded down or up, the
+    largest fractional parts up (the earlier on ties), so they sum to ``total``.
+    """
+    quotas = total * np.asarray(weights, np.float64) / np.sum(weights)
+    counts = np.floor(quotas).astype(np.int64)
+    counts[np.argsort(counts - quotas, kind="stable")[:total - counts.sum()]] += 1
+    return counts
+
+
+def _draw_plan(train: Sequence[Source], seed: int) -> tuple[grain.MapDataset, Draws]:
+    """The endless training draws: a dataset of positions, and their map to samples.
+
+    One source without draw weights (of any weight) keeps the order runs had
+    before mixing: Grain's shuffle of its rows, a new one every epoch.
+    Otherwise the positions are global draw numbers, mapped by a ``_Mixer``.
+    """
+    if not train:
+        raise ValueError("no training sources")
+    probabilities = [_draw_probabilities(source) for source in train]
+    if len(train) == 1 and probabilities[0] is None:
+        shuffled = grain.MapDataset.range(len(train[0].rows)).shuffle(_shuffle_seed(seed))
+        return shuffled.repeat(), _one_source
+    sizes = [len(source.rows) for source in train]
+    weights = [float(source.weight) for source in train]
+    counts = _draw_counts(sum(sizes), weights)
+    for source, weight, count in zip(train, weights, counts):
+        if not count:
+            raise ValueError(f"{source.store.path}: weight {weight} of {sum(weights)} in "
+                             f"all gets none of the {sum(sizes)} draws of a virtual epoch "
+                             "(the sources' rows in all): raise it")
+    return grain.MapDataset.range(sys.maxsize), _Mixer(sizes, counts, probabilities, seed)
+
+
+def _one_source(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of a single source: the positions themselves, all of source 0."""
+    return np.zeros(len(positions), np.int32), np.asarray(positions, np.int64)
+
+
+# Tags of the random streams of mixed training, each key's first value.
+_ORDER, _PASS, _CHOICE = 0, 1, 2
+
+
+def _rng(*key: int) -> np.random.Generator:
+    """A generator seeded by a tuple: a stream tag, the hashed seed, what the stream depends on.
+
+    Tuples, never sums such as ``seed + epoch``, so streams do not coincide:
+    a tag's keys have one length and 32-bit values (the seed enters hashed
+    by ``_shuffle_seed``), so distinct keys give distinct entropy.
+    """
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+class _Mixer:
+    """The draws of mixed training: global position -> (source, position in its rows).
+
+    Position ``p`` is draw ``p % L`` of virtual epoch ``p // L``, ``L`` the
+    sources' rows in all. An epoch holds ``counts[s]`` draws of source
+    ``s``, in an order shuffled by (seed, epoch). Without draw
+    probabilities, a source's ``j``-th draw since the start is row ``j % n``
+    of permutation ``j // n`` of its ``n`` rows (seeded by seed, source and
+    ``j // n``): every row once per pass over the source, across epochs.
+    With them, an epoch's draws of the source are chosen with replacement,
+    seeded by (seed, source, epoch). Everything follows from the position,
+    so any process or worker maps it alike; each keeps the tables of the
+    last two epochs it used (not pickled), so a batch costs O(batch).
+    """
+
+    def __init__(self, sizes: Sequence[int], counts: Sequence[int],
+                 probabilities: Sequence[np.ndarray | None], seed: int):
+        self._sizes = [int(n) for n in sizes]
+        self._counts = [int(c) for c in counts]
+        self._probabilities = list(probabilities)
+        self._length = sum(self._sizes)
+        self._key = _shuffle_seed(seed)
+        self._recent: tuple[tuple[int, tuple[np.ndarray, np.ndarray]], ...] = ()
+
+    def __getstate__(self) -> dict:
+        """Pickles without the cached tables (rebuilt on use)."""
+        return {**self.__dict__, "_recent": ()}
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        epochs, offsets = np.divmod(np.asarray(positions, np.int64), self._length)
+        which = np.empty(len(offsets), np.int32)
+        at = np.empty(len(offsets), np.int64)
+        for epoch in np.unique(epochs):
+            mask = epochs == epoch
+            sources, rows = self._table(int(epoch))
+            which[mask], at[mask] = sources[offsets[mask]], rows[offsets[mask]]
+        return which, at
+
+    def _table(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """An epoch's draws, source [L] and position in its rows [L], built once."""
+        for cached, table in self._recent:
+            if cached == epoch:
+                return table
+        table = self._build(epoch)
+        # Replaced whole, never changed in place: reader threads share it.
+        self._recent = (*self._recent[-1:], (epoch, table))
+        return table
+
+    def _build(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(len(self._sizes), dtype=np.int32), self._counts)
+        sources = _rng(_ORDER, self._key, epoch).permutation(labels)
+        rows = np.empty(self._length, np.int64)
+        rows[np.argsort(sources, kind="stable")] = np.concatenate(
+            [self._source_draws(s, epoch) for s in range(len(self._sizes))])
+        return sources, rows
+
+    def _source_draws(self, s: int, epoch: int) -> np.ndarray:
+        """Source ``s``'s draws in ``epoch``, in order, as positions in its rows."""
+        n, count, p = self._sizes[s], self._counts[s], self._probabilities[s]
+        if p is not None:
+            return _rng(_CHOICE, self._key, s, epoch).choice(n, count, p=p)
+        draws = epoch * count + np.arange(count)  # numbers among all the source's draws
+        first, last = int(draws[0]) // n, int(draws[-1]) // n
+        chain = np.concatenate([_rng(_PASS, self._key, s, k).permutation(n)
+                                for k in range(first, last + 1)])
+        return chain[draws - first * n]
+
+
+def _read_draws(readers: Sequence[StoreSource], which: np.ndarray, at: np.ndarray) -> Batch:
+    """Reads draws (source, position in its rows) as one batch, with their ``source``.
+
+    One read per source present, put back in draw order; draws of one
+    source (always so with a single source) are its batch as read, uncopied.
+    """
+    present = np.unique(which)
+    if len(present) == 1:
+        return {**readers[present[0]].read_batch(at), "source": which}
+    batch = {**_blank_batch(len(which), readers[0].image_shape), "source": which}
+    for s in present:
+        mask = which == s
+        for key, value in readers[s].read_batch(at[mask]).items():
+            batch[key][mask] = value
+    return batch
 
 
 class _BlockReader:
     """Reads one process's block of a global batch of positions (picklable for workers)."""
 
-    def __init__(self, source: StoreSource, start: int, size: int):
-        self.source, self.start, self.size = source, start, size
+    def __init__(self, readers: Sequence[StoreSource], draws: Draws, start: int, size: int):
+        self.readers, self.draws, self.start, self.size = list(readers), draws, start, size
 
     def __call__(self, positions: np.ndarray) -> Batch:
-        return self.source.read_batch(positions[self.start:self.start + self.size])
+        which, at = self.draws(positions[self.start:self.start + self.size])
+        return _read_draws(self.readers, which, at)
 
 
 def eval_positions(num_samples: int, batch_size: int, shard_index: int,
