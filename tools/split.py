@@ -2,9 +2,16 @@
 
   .venv/bin/python tools/split.py --store=STORE                # train/val/test 0.7/0.1/0.2
   .venv/bin/python tools/split.py --store=STORE --folds=5      # split kfold5: fold0..fold4
+  .venv/bin/python tools/split.py --store=HPAV18 --group_by=gene   # no gene in two parts
+  .venv/bin/python tools/split.py --store=HPAV18 --groups_csv=HPAv18RGBY_wodpl_withCellLine.csv \
+      --group_by=CellLine                                       # any grouping of the Ids
 
 The seed paper split 80/20 train/test; our validation set comes out of the
 training share. See ``hpajax.data.split`` for the method.
+
+Grouping takes two flags, not three: ``--group_by`` says what to group by,
+read from the HPAv18 Ids (gene or antibody) or, given ``--groups_csv``, from
+that file's column of that name.
 """
 
 import sys
@@ -21,6 +28,11 @@ _NAME = flags.DEFINE_string("name", "default", "Split name (file splits/NAME.jso
 _FOLDS = flags.DEFINE_integer("folds", None, "Make K stratified folds instead, saved as "
                               "split kfoldK with parts fold0..fold{K-1} (ignores "
                               "--fractions, --parts and --name).")
+_GROUP_BY = flags.DEFINE_string("group_by", "none", "Keep each group in one part: 'gene' or "
+                                "'antibody' of HPAv18 Ids ([GENE_]ANTIBODY_PLATE_WELL_FIELD), "
+                                "or with --groups_csv a column of that file; 'none': no groups.")
+_GROUPS_CSV = flags.DEFINE_string("groups_csv", None, "CSV with an Id column and the "
+                                  "--group_by column, one row per store Id.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +44,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"tools/split.py: error: --fractions must be comma-separated numbers: {e}")
     try:
         _, summary = split.split_store(_STORE.value, fractions, _PARTS.value,
-                                       _SEED.value, _NAME.value, _FOLDS.value)
+                                       _SEED.value, _NAME.value, _FOLDS.value,
+                                       _GROUP_BY.value, _GROUPS_CSV.value)
     except ValueError as e:  # StoreError is a ValueError too
         sys.exit(f"tools/split.py: error: {e}")
     print(summary)
