@@ -17,6 +17,7 @@ checkpoints, warns with the reason and falls back to the previous step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -84,7 +85,7 @@ class Checkpointer:
              metrics: dict[str, float] | None = None) -> None:
         """Starts writing a step; returns before the write completes."""
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), sums=ocp.args.StandardSave(sums),
+            state=ocp.args.StandardSave(_fields(state)), sums=ocp.args.StandardSave(sums),
             data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator_state)))
         with self._write_errors():  # raised here for the previous, asynchronous write too
             self.manager.save(step, args=args, metrics=metrics)
@@ -105,13 +106,13 @@ class Checkpointer:
 
         With ``iterator``, also moves that Grain iterator to the saved position.
         """
-        items = {"state": ocp.args.StandardRestore(_abstract(state))}
+        items = {"state": ocp.args.StandardRestore(_abstract(_fields(state)))}
         if sums is not None:
             items["sums"] = ocp.args.StandardRestore(_abstract(sums))
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored.state, restored.sums if sums is not None else None
+        return _refilled(state, restored.state), restored.sums if sums is not None else None
 
     def restore_latest(self, state: Any, sums: Any, iterator: Any
                        ) -> tuple[int, Any, Any] | None:
@@ -168,6 +169,23 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the complete ones are untouched."""
+
+
+def _fields(state: Any) -> dict:
+    """A state's fields (of a dataclass, or a dict's items) as a dict, less those that are None.
+
+    A field of an optional feature (the weights' moving average) is None when
+    the feature is off: its runs' checkpoints keep the structure they had
+    before the field existed, and older checkpoints restore unchanged.
+    """
+    items = state.items() if isinstance(state, dict) else (
+        (f.name, getattr(state, f.name)) for f in dataclasses.fields(state))
+    return {name: value for name, value in items if value is not None}
+
+
+def _refilled(state: Any, restored: dict) -> Any:
+    """``state`` with the restored fields: the inverse of ``_fields``."""
+    return {**state, **restored} if isinstance(state, dict) else state.replace(**restored)
 
 
 def _abstract(tree: Any) -> Any:

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hpajax import classes, inference, predictions, report, submission
+from hpajax import inference, predictions, report, submission
 from hpajax import workdir as workdir_lib
 from hpajax.data import convert, open_store
 from hpajax.data import labels as labelslib
@@ -28,13 +28,18 @@ from hpajax.files import write_atomic
 
 
 def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
-                     seed_thresholds: bool = True, draw_figures: bool = True) -> dict:
-    """Writes ``workdir/report/`` for a checkpoint (default: the best); returns metrics.json."""
+                     seed_thresholds: bool = True, draw_figures: bool = True, *,
+                     tta: int | None = None, tta_reduce: str | None = None,
+                     min_val_positives: int = report.MIN_VAL_POSITIVES) -> dict:
+    """Writes ``workdir/report/`` for a checkpoint (default: the best); returns metrics.json.
+
+    ``tta`` and ``tta_reduce`` override the run's ``config.tta`` and ``config.tta_reduce``.
+    """
     config = workdir_lib.load_config(workdir)
     data = open_run_data(config.data)  # opened once: for recalibration and prediction
     if data.store.labels is None:
         raise ValueError(f"{data.location} has no labels: cannot evaluate on it")
-    run = inference.restore(workdir, step, data)
+    run = inference.restore(workdir, step, data, tta=tta, tta_reduce=tta_reduce)
     parts = {"val": config.data.eval_part, "test": config.data.test_part}
     if seed_thresholds:
         parts["train"] = config.data.train_part
@@ -46,31 +51,36 @@ def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
     out = pathlib.Path(workdir) / report.REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     (out / predictions.file_name("train")).unlink(missing_ok=True)  # of an earlier evaluate
+    frequency = data.store.labels[data.rows(config.data.train_part)].mean(0)
     for role, scored in saved.items():
         predictions.save(out / predictions.file_name(role), scored, split=parts[role],
-                         step=run.step, data_fingerprint=data.fingerprint())
-    return report.rebuild(workdir, draw_figures=draw_figures)
+                         step=run.step, data_fingerprint=data.fingerprint(),
+                         class_frequency=frequency)
+    return report.rebuild(workdir, draw_figures=draw_figures,
+                          min_val_positives=min_val_positives)
 
 
 def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     output_dir: str | os.PathLike, *, step: int | None = None,
                     ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
-                    workers: int = 1) -> pathlib.Path:
+                    workers: int = 1, thresholds: str = "guarded", tta: int | None = None,
+                    tta_reduce: str | None = None) -> pathlib.Path:
     """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
 
-    ``ids_csv`` picks the images and their order in both cases.
+    ``ids_csv`` picks the images and their order in both cases; ``thresholds``
+    says which of the report's threshold sets decides the submission's classes.
     """
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = inference.restore(workdir, step)
+    run = inference.restore(workdir, step, tta=tta, tta_reduce=tta_reduce)
     store = open_store(as_store(input_path, out / "store", run.config, ids_csv, workers))
     rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
     scored = inference.predict(run.steps, run.state, store, rows)
-    thresholds = _thresholds(pathlib.Path(workdir) / report.REPORT_DIR)
+    chosen = _thresholds(pathlib.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
     np.save(out / "probabilities.npy", scored.probs)
     write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
     write_atomic(out / "submission.csv", submission.submission_csv(
-        scored.ids, scored.probs, thresholds, at_least_one))
+        scored.ids, scored.probs, chosen, at_least_one))
     print(f"predicted {len(scored.ids)} images with step {run.step}: {out}/probabilities.npy, "
           f"probabilities.csv, submission.csv")
     return out
@@ -89,7 +99,7 @@ def as_store(input_path: str | os.PathLike, converted: pathlib.Path,
     convert.convert(convert.Options(
         format="kaggle", input_dir=path, output_dir=converted,
         labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
-        image_size=config.data.input_size, workers=workers,
+        image_size=config.data.image_size or config.data.input_size, workers=workers,
         command="python -m hpajax.main predict"))
     return converted
 
@@ -116,10 +126,11 @@ def rows_of_ids(store: Store, ids_csv: str | os.PathLike) -> np.ndarray:
     return np.array([row_of[sample_id] for sample_id in table.ids], np.int64)
 
 
-def _thresholds(report_dir: pathlib.Path) -> np.ndarray:
-    if (report_dir / "thresholds.json").is_file():
-        print(f"thresholds: tuned on the validation split ({report_dir}/thresholds.json)")
-        return report.load_thresholds(report_dir)
-    print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
-          f"(no {report_dir}/thresholds.json)")
-    return np.full(classes.NUM_CLASSES, 0.5)
+def _thresholds(report_dir: pathlib.Path, probs: np.ndarray, how: str) -> np.ndarray:
+    """The ``--thresholds`` set for these probabilities; 0.5 if ``evaluate`` has not run."""
+    if how != "0.5" and not (report_dir / "thresholds.json").is_file():
+        print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
+              f"(no {report_dir}/thresholds.json)")
+        how = "0.5"
+    print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({report_dir}/thresholds.json)"))
+    return report.prediction_thresholds(report_dir, probs, how)

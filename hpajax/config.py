@@ -19,7 +19,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_part, c.data.eval_part, c.data.test_part = "train", "val", "test"
     c.data.channels = (0, 1, 2, 3)  # red, green, blue, yellow; the seed used (0, 1, 2)
     c.data.input_size = 0  # model input side in px; 0: the store's (resized on device)
+    c.data.image_size = 0  # set by train: the store's side, at which predict converts PNGs
     c.data.num_workers = 0  # Grain worker processes (0: in-process threads, see BENCHMARKS.md)
+    # Training sources, each "LOCATION:PART:WEIGHT" (PART "all": every row), drawn per sample
+    # in proportion to WEIGHT; () trains on data.store's train_part. Evaluation stays on
+    # data.store's split. Stores of one run must share their image size.
+    c.data.sources = ()
+    c.data.exclude = ""  # CSV of Ids left out of training (tools/dedupe.py writes one)
+    c.data.oversample = 0.0  # alpha: draw a sample by max over its classes of (1/freq)^alpha
 
     c.batch_size = 32  # global batch, split over all devices
     c.eval_batch_size = 64
@@ -31,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.best_metric, c.best_mode = "macro_f1", "max"
     c.seed = 0
     c.bn_recalibration_batches = 20  # exact BatchNorm statistics before each evaluation
+    c.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the weights
+    c.tta = 1  # validation: mean over 1, 2, 4 or 8 dihedral views (evaluate/predict: --tta)
+    c.tta_reduce = "mean"  # or "max": how views (and crops) are reduced
     c.skip_nonfinite = False  # NaN/Inf loss or gradient: stop (False) or skip the step
 
     c.model = model_config("seed_cnn")
@@ -46,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.plateau_factor = 0.1  # LR x0.1 ...
     c.optimizer.plateau_patience = 3  # ... after 3 evaluations without val-loss improvement
 
-    c.loss = "bce"  # or "focal"
+    c.loss = "bce"  # "bce", "focal", "lovasz" or a weighted sum such as "focal+0.5*lovasz"
     c.focal_gamma = 2.0
     c.pos_weight = False  # weight positives by the training split's negative/positive ratio
 
@@ -61,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.brightness_shift = 0.0  # offset ~ U[-s, s], in [0, 1] units
     c.augment.hflip = True
     c.augment.vflip = True
+    # Random input_size crops of a larger stored image (else the whole image, resized);
+    # evaluation then reduces over a fixed grid of crops covering the image.
+    c.augment.crop = False
     return c
 
 

@@ -112,13 +112,20 @@ class Restored:
 
 
 def restore(workdir: str | os.PathLike, step: int | None = None,
-            data: RunData | None = None) -> Restored:
-    """The state of ``step`` of the run in ``workdir`` (default: its best checkpoint).
+            data: RunData | None = None, *, tta: int | None = None,
+            tta_reduce: str | None = None) -> Restored:
+    """The served state of ``step`` of the run in ``workdir`` (default: its best checkpoint):
+    its weights, or their moving average if the run kept one (``config.ema_decay``).
 
     A step saved without an evaluation is recalibrated on the run's training
-    data (``data``, or else opened from the run's config).
+    data (``data``, or else opened from the run's config). ``tta`` and
+    ``tta_reduce`` override the run's ``config.tta`` and ``config.tta_reduce``.
     """
     config = workdir_lib.load_config(workdir)
+    if tta is not None:
+        config.tta = tta
+    if tta_reduce is not None:
+        config.tta_reduce = tta_reduce
     ckpt = checkpointing.Checkpointer.of_run(workdir, config)
     try:
         step = _chosen_step(ckpt, step, workdir)
@@ -128,6 +135,7 @@ def restore(workdir: str | os.PathLike, step: int | None = None,
         state, _ = ckpt.restore(step, steps_lib.init_state(steps))
     finally:
         ckpt.close()
+    state = steps_lib.served(state)
     if not evaluated:
         state = recalibrate_batch_stats(steps, state, data or open_run_data(config.data))
     return Restored(config, steps, state, step)

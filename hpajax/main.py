@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpajax import commands, demo, distributed, logs, preemption, train, xla_defaults
+from hpajax import commands, demo, distributed, logs, preemption, report, train, xla_defaults
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
@@ -34,6 +34,19 @@ flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the de
 flags.DEFINE_integer("step", None, "evaluate, predict: checkpoint step (default: the best).")
 flags.DEFINE_bool("seed_thresholds", True, "evaluate: also report thresholds tuned on the "
                   "training split, as the seed paper did (predicts the training split).")
+flags.DEFINE_integer("tta", None, "evaluate, predict: test-time augmentation, the model's "
+                     "probabilities over 1, 2, 4 or 8 flips/rotations (default: the run's "
+                     "config.tta).")
+flags.DEFINE_enum("tta_reduce", None, ["mean", "max"], "evaluate, predict: how the views "
+                  "(and, with config.augment.crop, the grid of crops) are reduced (default: "
+                  "the run's config.tta_reduce).")
+flags.DEFINE_integer("min_val_positives", report.MIN_VAL_POSITIVES, "evaluate: classes with "
+                     "fewer validation positives keep their rate-matched threshold in the "
+                     "guarded set.", lower_bound=0)
+flags.DEFINE_enum("thresholds", report.USE, list(report.PREDICTION_THRESHOLDS),
+                  "predict: guarded (tuned on validation, rare classes rate-matched), "
+                  "tuned_on_val, rate (each class predicted at its training frequency on the "
+                  "predicted set) or 0.5.")
 flags.DEFINE_string("input", None, "predict: a converted store or a folder of Kaggle PNG quads.")
 flags.DEFINE_string("output_dir", None, "predict: output folder (default: WORKDIR/predictions).")
 flags.DEFINE_string("ids_csv", None, "predict: CSV with an Id column (e.g. sample_submission.csv) "
@@ -84,14 +97,18 @@ def run(command: str) -> None:
             raise app.UsageError("train needs --config=experiments/configs/NAME.py")
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif command == "evaluate":
-        commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds)
+        commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds,
+                                  tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,
+                                  min_val_positives=FLAGS.min_val_positives)
     else:
         if FLAGS.input is None:
             raise app.UsageError("predict needs --input=STORE_OR_PNG_DIR")
         commands.predict_command(FLAGS.workdir, FLAGS.input,
                                  FLAGS.output_dir or os.path.join(FLAGS.workdir, "predictions"),
                                  step=FLAGS.step, ids_csv=FLAGS.ids_csv,
-                                 at_least_one=FLAGS.at_least_one, workers=FLAGS.workers)
+                                 at_least_one=FLAGS.at_least_one, workers=FLAGS.workers,
+                                 thresholds=FLAGS.thresholds, tta=FLAGS.tta,
+                                 tta_reduce=FLAGS.tta_reduce)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpajax import augment, losses, models
+from hpajax import tta as tta_lib
 from hpajax.models.layers import HEAD_NAMES
 
 
@@ -36,6 +37,9 @@ class TrainState:
     opt_state: Any
     plateau: Any  # optax.contrib.reduce_on_plateau state: the LR scale and its counters
     rng: jax.Array  # raw PRNG key; step t augments with fold_in(rng, t)
+    # With config.ema_decay: {"params", "batch_stats"} of the moving average of the weights,
+    # the model evaluated and served; None without (and then absent from checkpoints).
+    ema: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +122,9 @@ def input_shape(config: ml_collections.ConfigDict, image_size: int = 0
     if size <= 0:
         raise ValueError("config.data.input_size is unset and there is no store to take it "
                          "from; set --config.data.input_size")
+    if config.augment.get("crop", False) and image_size and not size < image_size:
+        raise ValueError(f"config.augment.crop needs config.data.input_size below the store's "
+                         f"{image_size} px images (the crops' side), got {size}")
     return size, size, len(config.data.channels)
 
 
@@ -173,7 +180,8 @@ def model_input(images: jax.Array, size: int, norm: Normalization = None) -> jax
 
 
 def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn,
-               aug_cfg, size: int, norm: Normalization = None) -> tuple[TrainState, dict]:
+               aug_cfg, size: int, norm: Normalization = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
     """One optimizer step on an augmented global batch; adds its loss to ``sums``.
 
     A NaN/Inf loss, gradient or update leaves the state as it was (the step
@@ -181,7 +189,9 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     first, and the loop decides on the host whether to stop or go on.
     """
     key = jax.random.fold_in(state.rng, state.step)
-    images = normalized(resize(augment.augment(key, batch["image"], aug_cfg), size), norm)
+    crop_size = size if aug_cfg.get("crop", False) else None
+    images = normalized(resize(augment.augment(key, batch["image"], aug_cfg, crop_size), size),
+                        norm)
     labels = batch["label"].astype(jnp.float32)
 
     def compute(params):
@@ -195,6 +205,9 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
     updated = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
+    if state.ema is not None:
+        updated = updated.replace(ema=_ema_update(state.ema, updated.params, state.step,
+                                                  ema_decay))
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
     # One cond, not a select per leaf: XLA:CPU compiles those of a deep backbone very slowly
     # (BENCHMARKS.md, "Backbones").
@@ -207,31 +220,79 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
                                                 state.step, sums["first_nonfinite"])}
 
 
+def _ema_update(ema: dict, params: Any, step: jax.Array, decay: float) -> dict:
+    """The moving average after a step: ``d * ema + (1 - d) * params``.
+
+    ``d`` is ``min(decay, (1 + t) / (10 + t))`` at step ``t`` (TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``), so the average leaves
+    the initial weights within the first steps instead of after ~1/(1 - decay).
+    """
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    averaged = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema["params"], params)
+    return {**ema, "params": averaged}
+
+
+def served(state: TrainState) -> TrainState:
+    """The state whose weights are evaluated and served: the EMA's, if the run keeps one."""
+    if state.ema is None:
+        return state
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def with_served_batch_stats(state: TrainState, batch_stats: Any) -> TrainState:
+    """``state`` with recalibrated BatchNorm statistics for its served weights."""
+    if state.ema is None:
+        return state.replace(batch_stats=batch_stats)
+    return state.replace(ema={**state.ema, "batch_stats": batch_stats})
+
+
 def _all_finite(tree: Any) -> jax.Array:
     """Whether every element is finite (a norm would overflow on huge finite values)."""
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
 def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int,
-              norm: Normalization = None) -> dict:
-    """Probabilities and the masked loss sum of an un-augmented batch."""
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         model_input(batch["image"], size, norm), train=False)
-    loss = loss_fn(logits, batch["label"].astype(jnp.float32))
+              norm: Normalization = None, tta: int = 1, tta_reduce: str = "mean",
+              crop: bool = False) -> dict:
+    """Probabilities and the masked loss sum of an un-augmented batch.
+
+    With ``tta`` > 1 or ``crop`` the probabilities are reduced over the views
+    (``hpajax.tta``: dihedral transforms, and the grid of crops covering the
+    stored image) and the loss is that of the reduced probabilities.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    apply = lambda images: model.apply(variables, model_input(images, size, norm),  # noqa: E731
+                                       train=False)
+    if tta == 1 and not crop:
+        logits = apply(batch["image"])
+        probs = jax.nn.sigmoid(logits)
+    else:
+        probs = tta_lib.predict_views(lambda images: jax.nn.sigmoid(apply(images)),
+                                      batch["image"], tta, size if crop else None, tta_reduce)
+        clipped = jnp.clip(probs, _PROB_EPS, 1.0 - _PROB_EPS)  # finite logits
+        logits = jnp.log(clipped) - jnp.log1p(-clipped)
     mask = batch["mask"]
-    return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(),
-            "probs": jax.nn.sigmoid(logits)}
+    loss = loss_fn(logits, batch["label"].astype(jnp.float32), mask)
+    return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(), "probs": probs}
+
+
+_PROB_EPS = 1e-7  # reduced probabilities are clipped to [eps, 1 - eps] for their loss
 
 
 def moments_step(state: TrainState, batch: dict, *, model, size: int,
-                 norm: Normalization = None) -> dict:
+                 norm: Normalization = None, crop: bool = False) -> dict:
     """Each BatchNorm's batch mean and mean of squares, in training mode.
 
-    A head's dropout, after every BatchNorm, draws from a fixed key: it does
-    not change the moments.
+    With ``crop``, of the grid of crops that evaluation sees. A head's
+    dropout, after every BatchNorm, draws from a fixed key: it does not
+    change the moments.
     """
+    images = batch["image"]
+    if crop:
+        images = tta_lib.views(images, 1, size).reshape(-1, size, size, images.shape[-1])
     _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             model_input(batch["image"], size, norm), train=True,
+                             model_input(images, size, norm), train=True,
                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
     flat = traverse_util.flatten_dict(updated["batch_stats"])
     return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
@@ -250,6 +311,15 @@ def batch_stats_from_moments(moments: dict, count: int) -> Any:
     return traverse_util.unflatten_dict(stats)
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+    """``config.ema_decay``, checked: 0 (no moving average) or in (0, 1)."""
+    decay = config.get("ema_decay", 0.0)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"config.ema_decay={decay}: choose 0 (off) or a value in (0, 1), "
+                         "e.g. 0.999")
+    return decay
+
+
 def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
           pos_weight: np.ndarray | None = None) -> Steps:
     """The model, optimizer and steps of ``config``, jitted over ``mesh``."""
@@ -262,15 +332,19 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int,
     data = NamedSharding(mesh, PartitionSpec("data"))
     size, norm = image_shape[0], input_normalization(config)
     train = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
-                                      aug_cfg=config.augment, size=size, norm=norm),
+                                      aug_cfg=config.augment, size=size, norm=norm,
+                                      ema_decay=ema_decay(config)),
                     in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                     donate_argnums=(0, 2))
+    crop = bool(config.augment.get("crop", False))
     evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size,
-                                         norm=norm),
+                                         norm=norm, tta=config.get("tta", 1),
+                                         tta_reduce=config.get("tta_reduce", "mean"),
+                                         crop=crop),
                        in_shardings=(rep, data),
                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
-                                        size=size, norm=norm),
+                                        size=size, norm=norm, crop=crop),
                       in_shardings=(rep, data), out_shardings=rep)
     return Steps(config, image_shape, mesh, model, tx, plateau, train, evaluate, moments)
 
@@ -283,7 +357,8 @@ def init_state(steps: Steps) -> TrainState:
     params = variables["params"]
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables["batch_stats"], opt_state=steps.tx.init(params),
-                       plateau=steps.plateau.init(params), rng=aug_key)
+                       plateau=steps.plateau.init(params), rng=aug_key,
+                       ema=dict(variables) if ema_decay(steps.config) else None)
     return jax.device_put(jax.device_get(state), steps.replicated)
 
 
@@ -307,4 +382,7 @@ def update_plateau(steps: Steps, state: TrainState, val_loss: float) -> TrainSta
 def to_device(steps: Steps, batch: dict) -> dict:
     """This process's slice of a global batch, as arrays sharded on ``data``."""
     return {k: jax.make_array_from_process_local_data(steps.batch_sharding, v)
-            for k, v in batch.items() if k != "index"}
+            for k, v in batch.items() if k not in HOST_KEYS}
+
+
+HOST_KEYS = ("index", "source")  # where each sample came from: for the host's logs only

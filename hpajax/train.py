@@ -17,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from hpajax import checkpointing, evaluate, inference, logs, losses, preemption
+from hpajax import checkpointing, classes, evaluate, inference, logs, losses, preemption
 from hpajax import steps as steps_lib
 from hpajax import workdir as workdir_lib
+from hpajax.data import pipeline
 from hpajax.data.run_data import RunData, open_run_data
 from hpajax.files import write_atomic
 from hpajax.models import weights
@@ -38,6 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data = open_run_data(config.data)
     steps = build_steps(config, data)
     config.data.input_size = steps.image_shape[0]  # recorded: prediction needs no store
+    config.data.image_size = data.store.image_size  # the crops' grid at prediction
     if "init_from" in config.model:  # recorded: the normalization goes with the weights
         config.model.normalize = steps_lib.normalization_name(config)
     ckpt = checkpointing.Checkpointer.of_run(workdir, config)
@@ -65,6 +67,8 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, da
         state = start_from_file(steps, state, config, workdir)
     log = logs.MetricsLog(workdir, start)
     print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
+    if start == 0 and (data.mixed or data.oversample):
+        log_drawn_frequencies(log, data, config.seed)
     preempt = preemption.Preemption(ckpt.reached_preemption)
     try:
         return _Loop(steps, data, ckpt, log, preempt).run(state, sums, train_iter, start)
@@ -92,8 +96,26 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
           f"{len(imported.skipped)} skipped (the list: {workdir / 'init_from.txt'})")
     state = state.replace(params=imported.params, batch_stats=imported.batch_stats,
                           opt_state=steps.tx.init(imported.params),
-                          plateau=steps.plateau.init(imported.params))
+                          plateau=steps.plateau.init(imported.params),
+                          ema=None if state.ema is None else {
+                              "params": imported.params, "batch_stats": imported.batch_stats})
     return jax.device_put(state, steps.replicated)
+
+
+def log_drawn_frequencies(log: logs.MetricsLog, data: RunData, seed: int) -> None:
+    """Records the class frequencies of the first epoch's draws against the sources' own.
+
+    Mixing and oversampling change what the model sees; this says by how
+    much, from the draw plan alone (no image is read).
+    """
+    epoch = sum(len(s.rows) for s in data.sources)
+    drawn = pipeline.drawn_label_frequency(data.sources, seed, epoch)
+    rows = data.train_labels().mean(0)
+    log.write(0, "data", {"drawn_frequency": drawn.tolist(), "store_frequency": rows.tolist()})
+    rarest = np.argsort(np.where(rows > 0, rows, np.inf))[:3]
+    print(f"first epoch ({epoch} draws), rarest classes drawn vs. in the training rows: " +
+          ", ".join(f"{classes.CLASS_NAMES[c]} {drawn[c]:.2%} vs {rows[c]:.2%}"
+                    for c in rarest))
 
 
 def build_steps(config: ml_collections.ConfigDict, data: RunData) -> Steps:
@@ -111,7 +133,7 @@ class _Loop:
         self.steps, self.data, self.ckpt, self.log = steps, data, ckpt, log
         self.preempt = preempt
         self.val_rows = data.rows(steps.config.data.eval_part)
-        self.recent: dict[int, np.ndarray] = {}  # step -> store rows, since the last log
+        self.recent: dict[int, pipeline.Batch] = {}  # step -> where its samples came from
         self.reported = 0  # NaN/Inf steps already reported since the last log
         self.clock = None
 
@@ -119,7 +141,7 @@ class _Loop:
         cfg, metrics = self.steps.config, {}
         for step in range(start + 1, cfg.total_steps + 1):
             batch = next(train_iter)
-            self.recent[step] = batch["index"]
+            self.recent[step] = {k: batch[k] for k in steps_lib.HOST_KEYS if k in batch}
             state, sums = self.steps.train(state, steps_lib.to_device(self.steps, batch), sums)
             if self.clock is None:  # time from the end of the first (compiling) step
                 jax.block_until_ready(sums)
@@ -150,8 +172,7 @@ class _Loop:
         if bad <= self.reported:
             return
         self.reported = bad
-        rows = self.recent.get(first, np.zeros(0, np.int64))
-        ids = ", ".join(self.data.store.ids[r] for r in rows[:32])
+        ids = ", ".join(self._sample_ids(self.recent.get(first, {}))[:32])
         message = (f"step {first}: NaN or Inf in the loss or gradients ({bad} such step(s) "
                    f"up to step {step}); the batch's sample Ids: {ids}")
         if not self.steps.config.skip_nonfinite:
@@ -160,11 +181,19 @@ class _Loop:
                                      "--config.skip_nonfinite=True to skip such steps")
         print(f"warning: {message}; update skipped", flush=True)
 
+    def _sample_ids(self, where: pipeline.Batch) -> list[str]:
+        """The Ids of a batch's samples, from their sources' stores."""
+        rows = where.get("index", np.zeros(0, np.int64))
+        sources = where.get("source", np.zeros(len(rows), np.int64))
+        return [self.data.sources[s].store.ids[r] for s, r in zip(sources, rows)]
+
     def _validate(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
         """Recalibrates BatchNorm, scores the validation part, steps the LR plateau."""
-        state = inference.recalibrate_batch_stats(self.steps, state, self.data)
-        metrics = validation_metrics(step, inference.predict(self.steps, state, self.data.store,
-                                                             self.val_rows))
+        served = inference.recalibrate_batch_stats(self.steps, steps_lib.served(state),
+                                                   self.data)
+        metrics = validation_metrics(step, inference.predict(self.steps, served,
+                                                             self.data.store, self.val_rows))
+        state = steps_lib.with_served_batch_stats(state, served.batch_stats)
         state = steps_lib.update_plateau(self.steps, state, metrics["loss"])
         self.log.write(step, "val", metrics)
         print(f"step {step} val " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

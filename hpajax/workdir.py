@@ -3,9 +3,9 @@
 A run's checkpoints only make sense with the model shape and the data they
 were trained on. On a resume the saved ``config.json`` is compared field by
 field on what shapes the state (``model.*``, ``data.channels``,
-``data.input_size``), and ``data.json`` records the training store's sample
-count, Ids and split, so that a changed store is refused instead of silently
-misaligning the data order. Other fields (steps, learning rate, logging) may
+``data.input_size``, ``ema_decay``), and ``data.json`` records the training
+stores' sample counts, Ids and rows, the mixing weights and oversampling, so
+that changed data is refused instead of silently misaligning the data order. Other fields (steps, learning rate, logging) may
 change between launches. In a multi-process run every process checks and
 only process 0 writes (``write``).
 """
@@ -22,11 +22,16 @@ from hpajax.files import write_atomic, write_json
 
 CONFIG = "config.json"
 DATA = "data.json"
-SHAPE_FIELDS = ("model", "data.channels", "data.input_size")
+SHAPE_FIELDS = ("model", "data.channels", "data.input_size", "ema_decay")
+# The data fingerprint's entries that must not change on a resume (RunData.fingerprint).
+FINGERPRINT_KEYS = ("samples", "ids_sha256", "train_split_sha256", "sources", "oversample")
 # Fields added to the config since the first saved config.json, with the value
 # a config without them meant: older workdirs load, resume and evaluate as before.
 ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
-                "optimizer.head_warmup_steps": 0, "optimizer.head_warmup_scale": 0.0}
+                "optimizer.head_warmup_steps": 0, "optimizer.head_warmup_scale": 0.0,
+                "data.sources": [], "data.exclude": "", "data.oversample": 0.0,
+                "data.image_size": 0,
+                "augment.crop": False, "ema_decay": 0.0, "tta": 1, "tta_reduce": "mean"}
 
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:
@@ -106,13 +111,15 @@ def check_data(workdir: pathlib.Path, fingerprint: dict, resuming: bool,
     path = workdir / DATA
     if resuming and path.is_file():
         saved = json.loads(path.read_text())
-        changed = [key for key in ("samples", "ids_sha256", "train_split_sha256")
-                   if saved.get(key) != fingerprint[key]]
+        changed = [key for key in FINGERPRINT_KEYS if saved.get(key) != fingerprint.get(key)]
         if changed:
             what = {"samples": f"{saved.get('samples')} samples then, "
                                f"{fingerprint['samples']} now",
                     "ids_sha256": "the sample Ids differ",
-                    "train_split_sha256": "the training split differs"}
+                    "train_split_sha256": "the training split differs",
+                    "sources": "config.data.sources, their rows or weights differ",
+                    "oversample": f"config.data.oversample was {saved.get('oversample')}, "
+                                  f"is {fingerprint.get('oversample')}"}
             raise ValueError(
                 f"the training data changed since the checkpoints in {workdir} were written "
                 f"({'; '.join(what[k] for k in changed)}; store {fingerprint['store']}): "

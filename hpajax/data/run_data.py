@@ -1,10 +1,11 @@
 """The data of one run, opened once and passed down: stores, split parts, training sources.
 
 A run evaluates on the parts of one store's saved split and trains on a
-list of sources, each a store's rows with a drawing weight. Today the list
-holds the evaluation store's training part; mixing several stores comes
-with ``config.data.sources``. Store locations are kept as the strings the
-config gave, so a location may later be a URL (``s3://``, ``gs://``).
+list of sources, each a store's rows with a drawing weight: by default the
+evaluation store's training part, or several stores' parts mixed with
+``config.data.sources`` (e.g. the Kaggle store's ``train`` part with all of
+HPAv18). Store locations are kept as the strings the config gave, so a
+location may later be a URL (``s3://``, ``gs://``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import hashlib
 import ml_collections
 import numpy as np
 
+from hpajax.data.dedupe import read_exclusions
+from hpajax.data.pipeline import oversample_weights
 from hpajax.data.store import Store, StoreError, open_store
 
 
@@ -24,7 +27,8 @@ class Source:
 
     store: Store
     rows: np.ndarray  # int64 store rows
-    weight: float = 1.0
+    weight: float = 1.0  # share of the draws, relative to the other sources'
+    draw_weights: np.ndarray | None = None  # per row (oversampling); None: uniform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,8 @@ class RunData:
     split: str
     parts: dict[str, np.ndarray]  # part name -> sorted store rows
     sources: tuple[Source, ...]
+    oversample: float = 0.0  # the alpha the sources' draw_weights come from (0: none)
+    mixed: bool = False  # whether config.data.sources chose the sources
 
     def rows(self, part: str) -> np.ndarray:
         """The store rows of a part of the split; StoreError naming the parts if absent."""
@@ -49,21 +55,103 @@ class RunData:
         return np.concatenate([s.store.labels[s.rows] for s in self.sources])
 
     def fingerprint(self) -> dict:
-        """What the training data order depends on: the store's Ids and the training rows."""
+        """What the training data order depends on: the store's Ids and the training rows;
+        with config.data.sources or oversampling, also every source and its weights."""
         rows = np.concatenate([s.rows for s in self.sources]).astype(np.int64)
-        return {"store": self.location, "samples": len(self.store.ids),
-                "ids_sha256": hashlib.sha256("\n".join(self.store.ids).encode()).hexdigest(),
-                "train_split_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
+        out = {"store": self.location, "samples": len(self.store.ids),
+               "ids_sha256": _sha256("\n".join(self.store.ids).encode()),
+               "train_split_sha256": _sha256(rows.tobytes())}
+        if self.mixed or self.oversample:
+            out["sources"] = [{"store": str(s.store.path), "samples": len(s.store.ids),
+                               "ids_sha256": _sha256("\n".join(s.store.ids).encode()),
+                               "rows_sha256": _sha256(s.rows.astype(np.int64).tobytes()),
+                               "weight": s.weight} for s in self.sources]
+            out["oversample"] = self.oversample
+        return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def open_run_data(cfg: ml_collections.ConfigDict) -> RunData:
-    """Opens a config's data (its ``data`` block) once: the store, the split, the sources."""
+    """Opens a config's data (its ``data`` block) once: the stores, the split, the sources.
+
+    Training reads ``cfg.sources`` ("LOCATION:PART:WEIGHT" each), or else the
+    evaluation store's ``cfg.train_part``; Ids listed in ``cfg.exclude`` are
+    left out of every source, and ``cfg.oversample`` gives each sample a
+    drawing weight from its labels.
+    """
     location = str(cfg.store)
-    store = open_store(location)
-    parts = store.split(cfg.split)
-    data = RunData(location, store, cfg.split, parts, sources=())
-    train = Source(store, data.rows(cfg.train_part))
-    return dataclasses.replace(data, sources=(train,))
+    stores = {location: open_store(location)}
+    data = RunData(location, stores[location], cfg.split, stores[location].split(cfg.split),
+                   sources=())
+    specs = tuple(cfg.get("sources", ()))
+    sources = ([_parse_source(spec, data, stores) for spec in specs] if specs
+               else [Source(data.store, data.rows(cfg.train_part))])
+    if cfg.get("exclude"):
+        sources = _without(sources, read_exclusions(cfg.exclude), cfg.exclude)
+    alpha = float(cfg.get("oversample", 0.0))
+    if alpha:
+        sources = _oversampled(sources, alpha)
+    return dataclasses.replace(data, sources=tuple(sources), oversample=alpha,
+                               mixed=bool(specs))
+
+
+def _parse_source(spec: str, data: RunData, stores: dict[str, Store]) -> Source:
+    """A "LOCATION:PART:WEIGHT" entry of config.data.sources as a Source.
+
+    PART is "all" (every row), a part of the split the run evaluates on
+    (``config.data.split``), or "SPLIT/PART".
+    """
+    fields = str(spec).rsplit(":", 2)
+    what = f"config.data.sources entry {spec!r}"
+    if len(fields) != 3 or not all(fields):
+        raise ValueError(f"{what}: expected LOCATION:PART:WEIGHT, e.g. runs/hpav18/store:all:1")
+    location, part, weight = fields
+    try:
+        weight = float(weight)
+    except ValueError:
+        raise ValueError(f"{what}: weight {weight!r} is not a number") from None
+    if not (np.isfinite(weight) and weight > 0):
+        raise ValueError(f"{what}: weight must be positive, got {weight}")
+    if location not in stores:
+        try:
+            stores[location] = open_store(location)
+        except StoreError as e:
+            raise StoreError(f"{what}: {e}") from None
+    store = stores[location]
+    if store.labels is None:
+        raise StoreError(f"{what}: {location} has no labels: cannot train on it")
+    if part == "all":
+        return Source(store, np.arange(len(store), dtype=np.int64), weight)
+    split, _, name = part.rpartition("/")
+    parts = store.split(split or data.split)
+    if name not in parts:
+        raise StoreError(f"{what}: split {split or data.split!r} of {location} has no part "
+                         f"{name!r} (its parts: {', '.join(sorted(parts))}, or 'all')")
+    return Source(store, parts[name], weight)
+
+
+def _without(sources: list[Source], excluded: frozenset[str], path: str) -> list[Source]:
+    """The sources less the rows whose Ids are excluded; says how many went."""
+    kept = []
+    for source in sources:
+        keep = np.array([source.store.ids[r] not in excluded for r in source.rows], bool)
+        print(f"config.data.exclude={path}: {int((~keep).sum())} of {len(keep)} training "
+              f"samples of {source.store.path} left out")
+        kept.append(dataclasses.replace(source, rows=source.rows[keep]))
+    return kept
+
+
+def _oversampled(sources: list[Source], alpha: float) -> list[Source]:
+    """The sources with draw weights from their labels and the union's class frequencies."""
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"config.data.oversample={alpha}: choose 0 (off) or a positive alpha")
+    labels = [s.store.labels[s.rows] for s in sources]
+    frequency = np.concatenate(labels).mean(0)
+    return [dataclasses.replace(s, draw_weights=oversample_weights(y, frequency, alpha))
+            for s, y in zip(sources, labels)]
 
 
 def whole_store(location: str) -> RunData:

@@ -1,0 +1,47 @@
+"""The seed recipe and the Kaggle HPA 2019 winners' ingredients, one at a time: runs of
+``experiments/recipes.py``.
+
+  .venv/bin/python -m hpajax.main train --config=experiments/configs/recipes.py:NAME \
+      --workdir=runs/recipes/NAME --config.data.store=KAGGLE_STORE
+
+NAME is one of ``RECIPES``: ``seed`` (the seed CNN, BCE, thresholds tuned on
+val), one ingredient added to it (``external``: the Kaggle store's train part
+mixed 1:1 per sample with every image of an external store; ``oversample``:
+rare-class oversampling; ``crop``: random crops of the stored image instead
+of the whole image resized; ``focal_lovasz``; ``ema``; ``tta``: the seed
+recipe's runs evaluated with ``--tta=8``), or ``all`` of them (evaluated with
+``--tta=8``; validation during training stays at one view per crop, as TTA
+only changes what is reported). Every recipe feeds the model 96 px inputs
+from a 128 px store, so the crop recipe costs what the others do.
+"""
+
+import ml_collections
+
+from hpajax.config import demo_config
+
+RECIPES = ("seed", "external", "oversample", "crop", "focal_lovasz", "ema", "tta", "all")
+EVALUATION_TTA = {"tta": 8, "all": 8}  # evaluate --tta of the recipes that use it
+KAGGLE = "runs/recipes/data/kaggle/store"  # recipes.py makes both synthetic stores
+EXTERNAL = "runs/recipes/data/external/store"
+
+
+def get_config(name: str = "seed") -> ml_collections.ConfigDict:
+    if name not in RECIPES:
+        raise ValueError(f"recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    c = demo_config()  # the seed CNN at the demo's CPU batch of 16
+    c.data.store = KAGGLE
+    c.data.input_size = 96
+    c.total_steps = 300
+    c.eval_every = c.checkpoint_every = 100
+    add = set(RECIPES[1:-1]) if name == "all" else {name}
+    if "external" in add:
+        c.data.sources = (f"{KAGGLE}:train:1", f"{EXTERNAL}:all:1")
+    if "oversample" in add:
+        c.data.oversample = 0.5
+    if "crop" in add:
+        c.augment.crop = True
+    if "focal_lovasz" in add:
+        c.loss = "focal+lovasz"
+    if "ema" in add:
+        c.ema_decay = 0.99  # an average over ~100 of the 300 steps
+    return c
