@@ -73,10 +73,11 @@ def test_non_square_image_with_the_flips_group():
         tta.views(images, 8)
 
 
-@pytest.mark.parametrize("reduce", tta.REDUCTIONS)
-@pytest.mark.parametrize("n", tta.TTA_VIEWS)
-@pytest.mark.parametrize("crop_size", [None, CROP])
-def test_predict_views_in_jit_equals_one_by_one(reduce, n, crop_size):
+# Every n with and without crops, each reduction in half of them (each case compiles anew).
+@pytest.mark.parametrize("n, crop_size, reduce", [
+    (n, crop, tta.REDUCTIONS[(i + (crop is None)) % 2])
+    for crop in (None, CROP) for i, n in enumerate(tta.TTA_VIEWS)])
+def test_predict_views_in_jit_equals_one_by_one(n, crop_size, reduce):
     images = random_images((3, SIDE, SIDE, 2)).astype(np.float32) / 255
     fn = linear_sigmoid(crop_size or SIDE)
     predict = jax.jit(lambda x: tta.predict_views(fn, x, n, crop_size, reduce))
@@ -93,9 +94,8 @@ def test_views_change_the_prediction():
     assert min(np.abs(a - b).max() for a, b in itertools.combinations(probs, 2)) > 1e-3
 
 
-@pytest.mark.parametrize("image_size", range(1, 41))
-def test_crop_offsets_cover_every_pixel(image_size):
-    for size in range(1, image_size + 1):
+def test_crop_offsets_cover_every_pixel():
+    for image_size, size in ((s, c) for s in range(1, 41) for c in range(1, s + 1)):
         offsets = tta.crop_offsets(image_size, size)
         assert offsets == tta.crop_offsets(image_size, size)  # deterministic
         assert len(offsets) == -(-image_size // size) and offsets == tuple(sorted(offsets))
