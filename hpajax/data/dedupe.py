@@ -13,12 +13,10 @@ matched to its best row of store A (``--against``); rows scoring at least
 ``Id,duplicate_of,score``; ``read_exclusions`` reads such a file (or any CSV
 with an ``Id`` column) for ``config.data.exclude``.
 
-Measured on synthetic fields (600 in A; B: 600 others plus a copy of each A
-image resized to 96, 80 or 64 px, JPEG-recompressed at quality 50-90, gain
-and gamma 0.8-1.25): the worst copy scores 0.997, the best of 1.8 million
-distinct pairs 0.764 (99.99th percentile 0.639), and every copy's best match
-is its original. The green channel is left out: a dim protein stain is mostly
-camera noise; alone its copies fell to 0.31, and with it the worst copy to 0.67.
+The signature's size, channels and threshold were chosen on synthetic
+resized and recompressed copies (``experiments/bench_dedupe.py``; the figures
+are in BENCHMARKS.md). The green channel is left out: a dim protein stain is
+mostly camera noise, which recompression flattens.
 """
 
 from __future__ import annotations
