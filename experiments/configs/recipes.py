@@ -8,19 +8,21 @@ NAME is one of ``RECIPES``: ``seed`` (the seed CNN, BCE, thresholds tuned on
 val), one ingredient added to it (``external``: the Kaggle store's train part
 mixed 1:1 per sample with every image of an external store; ``oversample``:
 rare-class oversampling; ``crop``: random crops of the stored image instead
-of the whole image resized; ``focal_lovasz``; ``ema``; ``tta``: the seed
-recipe's runs evaluated with ``--tta=8``), or ``all`` of them (evaluated with
-``--tta=8``; validation during training stays at one view per crop, as TTA
-only changes what is reported). Every recipe feeds the model 96 px inputs
-from a 128 px store, so the crop recipe costs what the others do.
+of the whole image resized; ``focal``; ``focal_lovasz``; ``ema``; ``tta``:
+the seed recipe's runs evaluated with ``--tta=8``), ``all`` of them (focal +
+Lovász, evaluated with ``--tta=8``; validation during training stays at one
+view per crop, as TTA only changes what is reported), or ``all_bce``: all
+but the loss. Every recipe feeds the model 96 px inputs from a 128 px store,
+so the crop recipe costs what the others do.
 """
 
 import ml_collections
 
 from hpajax.config import demo_config
 
-RECIPES = ("seed", "external", "oversample", "crop", "focal_lovasz", "ema", "tta", "all")
-EVALUATION_TTA = {"tta": 8, "all": 8}  # evaluate --tta of the recipes that use it
+INGREDIENTS = ("external", "oversample", "crop", "focal", "focal_lovasz", "ema", "tta")
+RECIPES = ("seed", *INGREDIENTS, "all", "all_bce")
+EVALUATION_TTA = {"tta": 8, "all": 8, "all_bce": 8}  # evaluate --tta of the recipes using it
 KAGGLE = "runs/recipes/data/kaggle/store"  # recipes.py makes both synthetic stores
 EXTERNAL = "runs/recipes/data/external/store"
 
@@ -33,13 +35,16 @@ def get_config(name: str = "seed") -> ml_collections.ConfigDict:
     c.data.input_size = 96
     c.total_steps = 300
     c.eval_every = c.checkpoint_every = 100
-    add = set(RECIPES[1:-1]) if name == "all" else {name}
+    every = set(INGREDIENTS) - {"focal"}  # focal_lovasz holds it
+    add = {"all": every, "all_bce": every - {"focal_lovasz"}}.get(name, {name})
     if "external" in add:
         c.data.sources = (f"{KAGGLE}:train:1", f"{EXTERNAL}:all:1")
     if "oversample" in add:
         c.data.oversample = 0.5
     if "crop" in add:
         c.augment.crop = True
+    if "focal" in add:
+        c.loss = "focal"
     if "focal_lovasz" in add:
         c.loss = "focal+lovasz"
     if "ema" in add:
