@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from hpajax.data import store as storelib
+from hpajax.data.labels import read_csv_rows
 from hpajax.files import write_atomic
 
 # The stains that draw the field's cells; 32 px separated no better (distinct
@@ -169,11 +170,7 @@ def read_exclusions(path: str | os.PathLike) -> frozenset[str]:
     ``Id`` column or a row without an Id.
     """
     path = pathlib.Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read the exclusion list: {e}") from None
+    rows = read_csv_rows(path, "the exclusion list")
     if not rows or "Id" not in rows[0]:
         raise ValueError(f"{path}:1: no Id column in the header (got {rows[0] if rows else []})")
     column = rows[0].index("Id")

@@ -64,6 +64,16 @@ def parse_target(text: str) -> tuple[np.ndarray | None, str | None]:
     return row, None
 
 
+def read_csv_rows(path: str | os.PathLike, what: str) -> list[list[str]]:
+    """Every row of a CSV file, header first; a ValueError naming the file and ``what`` it
+    was read as if it cannot be read (missing, not UTF-8, malformed)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read {what}: {e}") from None
+
+
 def read_labels_csv(path: str | os.PathLike) -> tuple[LabelTable, list[Problem]]:
     """Reads an ``Id,Target`` file (extra columns ignored; ``Id`` alone gives no labels).
 
@@ -71,11 +81,7 @@ def read_labels_csv(path: str | os.PathLike) -> tuple[LabelTable, list[Problem]]
     row-level problems are returned, one per bad row.
     """
     path = pathlib.Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read label file: {e}") from e
+    rows = read_csv_rows(path, "label file")
     if not rows or "Id" not in rows[0]:
         raise ValueError(f"{path}:1: header must start with 'Id,Target' (got {rows[:1]})")
     header = rows[0]

@@ -45,7 +45,6 @@ splitting itself is NumPy only.
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import pathlib
@@ -55,6 +54,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 
 from hpajax.data import store as storelib
+from hpajax.data.labels import read_csv_rows
 
 METHOD = "iterative stratification (Sechidis et al. 2011) + swap repair"
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.7, 0.1, 0.2)
@@ -386,11 +386,7 @@ def groups_from_csv(path: str | os.PathLike, column: str, ids: Sequence[str]) ->
     a column, gives an Id two values or an empty one, or misses one of ``ids``.
     """
     path = pathlib.Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read the groups file: {e}") from None
+    rows = read_csv_rows(path, "the groups file")
     header = rows[0] if rows else []
     missing = [c for c in ("Id", column) if c not in header]
     if missing:
