@@ -42,7 +42,7 @@ class Distortion(NamedTuple):
 
 
 def per_plane(image: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np.ndarray:
-    """uint8 [S', S', C]: ``fn`` applied to each channel of uint8 [S, S, C] as a grayscale image."""
+    """``fn`` applied to each channel of uint8 [S, S, C] as a grayscale image, restacked."""
     return np.stack([np.asarray(fn(Image.fromarray(image[..., c])))
                      for c in range(image.shape[-1])], -1)
 

@@ -5,9 +5,10 @@ were trained on. On a resume the saved ``config.json`` is compared field by
 field on what shapes the state (``model.*``, ``data.channels``,
 ``data.input_size``, ``ema_decay``), and ``data.json`` records the training
 stores' sample counts, Ids and rows, the mixing weights and oversampling, so
-that changed data is refused instead of silently misaligning the data order. Other fields (steps, learning rate, logging) may
-change between launches. In a multi-process run every process checks and
-only process 0 writes (``write``).
+that changed data is refused instead of silently misaligning the data order.
+Other fields (steps, learning rate, logging) may change between launches. In
+a multi-process run every process checks and only process 0 writes
+(``write``).
 """
 
 from __future__ import annotations
