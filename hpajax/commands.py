@@ -24,7 +24,7 @@ from hpajax.data import convert, open_store
 from hpajax.data import labels as labelslib
 from hpajax.data.run_data import open_run_data
 from hpajax.data.store import METADATA, Store
-from hpajax.files import write_atomic
+from hpajax.files import local_path, write_atomic
 
 
 def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
@@ -70,7 +70,8 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     ``ids_csv`` picks the images and their order in both cases; ``thresholds``
     says which of the report's threshold sets decides the submission's classes.
     """
-    out = pathlib.Path(output_dir)
+    out = local_path(output_dir, "--output_dir")
+    input_path = local_path(input_path, "--input")
     out.mkdir(parents=True, exist_ok=True)
     run = inference.restore(workdir, step, tta=tta, tta_reduce=tta_reduce)
     store = open_store(as_store(input_path, out / "store", run.config, ids_csv, workers))

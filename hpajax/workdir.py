@@ -19,7 +19,7 @@ import pathlib
 import tempfile
 
 import ml_collections
-from hpajax.files import write_atomic, write_json
+from hpajax.files import local_path, write_atomic, write_json
 
 CONFIG = "config.json"
 DATA = "data.json"
@@ -37,7 +37,7 @@ ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
 
 def prepare(workdir: str | os.PathLike) -> pathlib.Path:
     """Creates the workdir and checks that files can be written there."""
-    path = pathlib.Path(workdir)
+    path = local_path(workdir, "--workdir")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test.")  # one per process

@@ -9,13 +9,13 @@ nothing. See hpajax/data/convert.py.
 """
 
 import os
-import pathlib
 import shlex
 import sys
 
 from absl import app, flags
 
 from hpajax.data import convert, store
+from hpajax.files import local_path
 
 flags.DEFINE_enum("format", "kaggle", ["kaggle", "hpav18"], "Layout of the input files.")
 flags.DEFINE_string("input_dir", None, "Folder holding the {Id}_{channel} image files.")
@@ -35,21 +35,22 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    opts = convert.Options(
-        format=FLAGS.format,
-        input_dir=pathlib.Path(FLAGS.input_dir),
-        output_dir=pathlib.Path(FLAGS.output_dir),
-        labels_csv=pathlib.Path(FLAGS.labels_csv) if FLAGS.labels_csv else None,
-        image_size=FLAGS.image_size,
-        workers=FLAGS.workers,
-        skip_bad=FLAGS.skip_bad,
-        codec=FLAGS.codec,
-        shard_samples=FLAGS.shard_samples,
-        command=shlex.join(sys.argv),
-    )
     try:
+        opts = convert.Options(
+            format=FLAGS.format,
+            input_dir=local_path(FLAGS.input_dir, "--input_dir"),
+            output_dir=local_path(FLAGS.output_dir, "--output_dir"),
+            labels_csv=local_path(FLAGS.labels_csv, "--labels_csv") if FLAGS.labels_csv
+            else None,
+            image_size=FLAGS.image_size,
+            workers=FLAGS.workers,
+            skip_bad=FLAGS.skip_bad,
+            codec=FLAGS.codec,
+            shard_samples=FLAGS.shard_samples,
+            command=shlex.join(sys.argv),
+        )
         result = convert.convert(opts)
-    except convert.ConversionError as e:
+    except (convert.ConversionError, ValueError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
     verb = "already converted" if result.already_done else "wrote"

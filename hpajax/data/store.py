@@ -29,7 +29,7 @@ import numpy as np
 import tensorstore as ts
 
 from hpajax import classes
-from hpajax.files import write_atomic, write_json  # noqa: F401  (re-exported for callers)
+from hpajax.files import local_path, write_atomic, write_json  # noqa: F401  (re-exported)
 
 IMAGES = "images"
 IDS = "ids.txt"
@@ -161,7 +161,10 @@ class Store:
 
 def open_store(path: str | os.PathLike) -> Store:
     """Opens a complete store for reading; raises StoreError if it is not one."""
-    path = pathlib.Path(path)
+    try:
+        path = local_path(path, "store")
+    except ValueError as e:
+        raise StoreError(str(e)) from None
     meta_path = path / METADATA
     if not meta_path.is_file():
         hint = (" (an unfinished conversion: rerun the same convert command)"
