@@ -133,5 +133,6 @@ def _thresholds(report_dir: pathlib.Path, probs: np.ndarray, how: str) -> np.nda
         print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
               f"(no {report_dir}/thresholds.json)")
         how = "0.5"
-    print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({report_dir}/thresholds.json)"))
+    else:
+        print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({report_dir}/thresholds.json)"))
     return report.prediction_thresholds(report_dir, probs, how)

@@ -27,6 +27,9 @@ from hpajax import tta as tta_lib
 from hpajax.models.layers import HEAD_NAMES
 
 
+HOST_KEYS = ("index", "source")  # batch keys of where each sample came from: host logs only
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything a step changes; saved whole in every checkpoint."""
@@ -383,6 +386,3 @@ def to_device(steps: Steps, batch: dict) -> dict:
     """This process's slice of a global batch, as arrays sharded on ``data``."""
     return {k: jax.make_array_from_process_local_data(steps.batch_sharding, v)
             for k, v in batch.items() if k not in HOST_KEYS}
-
-
-HOST_KEYS = ("index", "source")  # where each sample came from: for the host's logs only

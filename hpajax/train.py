@@ -182,10 +182,11 @@ class _Loop:
         print(f"warning: {message}; update skipped", flush=True)
 
     def _sample_ids(self, where: pipeline.Batch) -> list[str]:
-        """The Ids of a batch's samples, from their sources' stores."""
-        rows = where.get("index", np.zeros(0, np.int64))
-        sources = where.get("source", np.zeros(len(rows), np.int64))
-        return [self.data.sources[s].store.ids[r] for s, r in zip(sources, rows)]
+        """The Ids of a batch's samples (none if unknown), from their sources' stores."""
+        if not where:
+            return []
+        return [self.data.sources[s].store.ids[r]
+                for s, r in zip(where["source"], where["index"])]
 
     def _validate(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
         """Recalibrates BatchNorm, scores the validation part, steps the LR plateau."""
