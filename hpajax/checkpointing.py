@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -29,7 +28,10 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+from hpajax.files import is_remote, make_folder
 
 
 class _IteratorSnapshot:
@@ -62,13 +64,14 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             best_fn=metric, best_mode=best_mode, preservation_policy=policy,
             enable_async_checkpointing=True, create=True)
-        self.directory = pathlib.Path(os.path.abspath(directory))
+        self.directory = epath.Path(directory if is_remote(directory)
+                                    else os.path.abspath(directory))
         self.manager = ocp.CheckpointManager(os.fspath(self.directory), options=options)
 
     @classmethod
     def of_run(cls, workdir: str | os.PathLike, config: Any) -> Checkpointer:
         """The checkpoints of the run in ``workdir``, kept as its ``config`` says."""
-        return cls(pathlib.Path(workdir) / "checkpoints", config.keep_checkpoints,
+        return cls(epath.Path(workdir) / "checkpoints", config.keep_checkpoints,
                    config.best_metric, config.best_mode)
 
     def evaluated(self, step: int) -> bool:
@@ -141,12 +144,12 @@ class Checkpointer:
                 f"step {step}: {reason}" for step, reason in reasons.items()))
         return None
 
-    def _move_aside(self, step: int) -> pathlib.Path:
+    def _move_aside(self, step: int) -> epath.Path:
         """Moves a step directory to ``damaged/STEP-TIME`` so the step can be rewritten."""
         target = self.directory.parent / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.directory / str(step), target)
+            make_folder(target.parent)
+            (self.directory / str(step)).rename(target)
         self.manager.reload()
         return target
 

@@ -11,12 +11,14 @@ Kaggle submission.
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from hpajax import inference, predictions, report, submission
 from hpajax import workdir as workdir_lib
@@ -24,7 +26,7 @@ from hpajax.data import convert, open_store
 from hpajax.data import labels as labelslib
 from hpajax.data.run_data import open_run_data
 from hpajax.data.store import METADATA, Store
-from hpajax.files import local_path, write_atomic
+from hpajax.files import is_remote, location, make_folder, write_atomic
 
 
 def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
@@ -48,8 +50,8 @@ def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
              for role, part in parts.items()}
     if jax.process_index() != 0:  # every process predicts; process 0 writes
         return {}
-    out = pathlib.Path(workdir) / report.REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = epath.Path(workdir) / report.REPORT_DIR
+    make_folder(out)
     (out / predictions.file_name("train")).unlink(missing_ok=True)  # of an earlier evaluate
     frequency = data.store.labels[data.rows(config.data.train_part)].mean(0)
     for role, scored in saved.items():
@@ -64,21 +66,23 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     output_dir: str | os.PathLike, *, step: int | None = None,
                     ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
                     workers: int = 1, thresholds: str = "guarded", tta: int | None = None,
-                    tta_reduce: str | None = None) -> pathlib.Path:
+                    tta_reduce: str | None = None) -> epath.Path:
     """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
 
     ``ids_csv`` picks the images and their order in both cases; ``thresholds``
     says which of the report's threshold sets decides the submission's classes.
     """
-    out = local_path(output_dir, "--output_dir")
-    input_path = local_path(input_path, "--input")
-    out.mkdir(parents=True, exist_ok=True)
+    out = location(output_dir, "--output_dir")
+    input_path = location(input_path, "--input")
+    make_folder(out)
     run = inference.restore(workdir, step, tta=tta, tta_reduce=tta_reduce)
     store = open_store(as_store(input_path, out / "store", run.config, ids_csv, workers))
     rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
     scored = inference.predict(run.steps, run.state, store, rows)
-    chosen = _thresholds(pathlib.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
-    np.save(out / "probabilities.npy", scored.probs)
+    chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
+    buffer = io.BytesIO()
+    np.save(buffer, scored.probs)
+    write_atomic(out / "probabilities.npy", buffer.getvalue())
     write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
     write_atomic(out / "submission.csv", submission.submission_csv(
         scored.ids, scored.probs, chosen, at_least_one))
@@ -87,18 +91,18 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     return out
 
 
-def as_store(input_path: str | os.PathLike, converted: pathlib.Path,
+def as_store(input_path: str | os.PathLike, converted: epath.Path,
              config: ml_collections.ConfigDict, ids_csv: str | os.PathLike | None,
-             workers: int) -> pathlib.Path:
+             workers: int) -> epath.Path:
     """``input_path`` if it is a store, else its PNG quads converted into ``converted``."""
-    path = pathlib.Path(input_path)
+    path = epath.Path(input_path)
     if (path / METADATA).is_file():
         return path
-    if not path.is_dir():
+    if is_remote(path) or not path.is_dir():
         raise FileNotFoundError(f"--input={path}: neither a store nor a folder of PNG quads")
     print(f"converting the PNG quads in {path} into {converted}")
     convert.convert(convert.Options(
-        format="kaggle", input_dir=path, output_dir=converted,
+        format="kaggle", input_dir=pathlib.Path(path), output_dir=converted,
         labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
         image_size=config.data.image_size or config.data.input_size, workers=workers,
         command="python -m hpajax.main predict"))
@@ -127,7 +131,7 @@ def rows_of_ids(store: Store, ids_csv: str | os.PathLike) -> np.ndarray:
     return np.array([row_of[sample_id] for sample_id in table.ids], np.int64)
 
 
-def _thresholds(report_dir: pathlib.Path, probs: np.ndarray, how: str) -> np.ndarray:
+def _thresholds(report_dir: epath.Path, probs: np.ndarray, how: str) -> np.ndarray:
     """The ``--thresholds`` set for these probabilities; 0.5 if ``evaluate`` has not run."""
     if how != "0.5" and not (report_dir / "thresholds.json").is_file():
         print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "

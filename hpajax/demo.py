@@ -17,6 +17,7 @@ import ml_collections
 from hpajax import config as config_lib
 from hpajax import commands, synthetic, train
 from hpajax.data import convert, open_store, split, summary
+from hpajax.files import local_path
 
 
 def demo_config(store: pathlib.Path, train_steps: int | None) -> ml_collections.ConfigDict:
@@ -56,7 +57,7 @@ def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int
         workers: int, train_steps: int | None = None) -> dict[str, float]:
     """Runs the demo in ``workdir``; returns the best checkpoint's report metrics."""
     start = time.monotonic()
-    workdir = pathlib.Path(workdir)
+    workdir = local_path(workdir, "--workdir")  # the demo converts raw files: local only
     store = prepare_store(workdir, num_samples, image_size, seed, workers)
     config = demo_config(store, train_steps)
     run_dir = workdir / "run"

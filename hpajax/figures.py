@@ -15,14 +15,16 @@ is needed and no pyplot state is left behind. Nothing here imports JAX.
 
 from __future__ import annotations
 
+import io
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from hpajax.classes import CLASS_NAMES
+from hpajax.files import make_folder, write_atomic
 from hpajax.display import composite_rgb, stretch_to_uint8
 
 INSTALL_HINT = "figures need matplotlib: pip install 'hpajax[plots]'"
@@ -63,11 +65,13 @@ def _new_figure(width: float, height: float) -> Any:
     return figure
 
 
-def _save(figure: Any, path: str | os.PathLike) -> pathlib.Path:
+def _save(figure: Any, path: str | os.PathLike) -> epath.Path:
     """Writes ``figure`` as a PNG (creating parent folders), frees it, returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=_DPI)
+    path = epath.Path(path)
+    make_folder(path.parent)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    write_atomic(path, buffer.getvalue())
     figure.clear()
     return path
 
@@ -97,7 +101,7 @@ def _checked_curve(index: int, curve: Sequence[Any]) -> RocCurve:
 
 
 def roc_figure(path: str | os.PathLike, curves: Sequence[RocCurve | None],
-               class_names: Sequence[str]) -> pathlib.Path:
+               class_names: Sequence[str]) -> epath.Path:
     """Per-class ROC curves as small multiples, 7 per row, AUC in each title (seed Fig. 9).
 
     ``curves[c]`` is ``(fpr, tpr, auc)`` for class ``c``, or None where its
@@ -160,7 +164,7 @@ def _plot_series(ax: Any, records: Sequence[Mapping[str, Any]],
 
 
 def training_curves_figure(path: str | os.PathLike,
-                           records: Sequence[Mapping[str, Any]]) -> pathlib.Path:
+                           records: Sequence[Mapping[str, Any]]) -> epath.Path:
     """Loss (train, val) and validation F1 (macro, weighted) against step (seed Fig. 5).
 
     ``records`` are the dicts of a run's ``metrics.jsonl``; only the
@@ -182,7 +186,7 @@ def training_curves_figure(path: str | os.PathLike,
 
 
 def f1_bars_figure(path: str | os.PathLike, class_names: Sequence[str], f1_default: np.ndarray,
-                   f1_tuned: np.ndarray, support: np.ndarray) -> pathlib.Path:
+                   f1_tuned: np.ndarray, support: np.ndarray) -> epath.Path:
     """Per-class F1 at threshold 0.5 beside F1 at tuned thresholds, as horizontal bars.
 
     Each class is labelled with its support (``Nucleoplasm (n=1234)``), since
@@ -234,7 +238,7 @@ def _montage_arrays(images: np.ndarray, probs: np.ndarray, labels: np.ndarray,
 
 def prediction_montage(path: str | os.PathLike, images: np.ndarray, probs: np.ndarray,
                        labels: np.ndarray, thresholds: np.ndarray, ids: Sequence[str],
-                       title: str) -> pathlib.Path:
+                       title: str) -> epath.Path:
     """One row per sample: its HPA composite beside its 28 probabilities (seed Figs. 10-11).
 
     ``images`` are [K, S, S, C], uint8 or float in [0, 1], with C = 4 (red,

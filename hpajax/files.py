@@ -1,7 +1,9 @@
-"""Local paths from what users type, and atomic file writes (readers see the old content or
-the new, never half of it).
+"""Locations from what users type (local paths, ``s3://``, ``gs://``), and atomic writes
+(readers see the old content or the new, never half of it).
 
-Standard library only, so the NumPy-only report writer can use it too.
+No JAX, so the NumPy-only report writer can use it too. Object-storage paths are
+``etils.epath`` paths (fsspec: s3fs, gcsfs); ``pathlib`` must never see them: it
+would silently turn ``s3://bucket/x`` into a local folder ``s3:/bucket/x``.
 """
 
 from __future__ import annotations
@@ -10,35 +12,90 @@ import json
 import os
 import pathlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from etils import epath
+
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+OBJECT_STORES = ("s3", "gs")  # schemes a store or run folder may use
+_EXTRA = {"s3": "s3", "gs": "gcs"}  # the pip extra with each scheme's client
 
 
-def local_path(location: str | os.PathLike, flag: str) -> pathlib.Path:
-    """``location`` as a local path (``file://`` URLs too); ValueError naming ``flag`` for any
-    other URL.
+def scheme(location: str | os.PathLike) -> str:
+    """``"s3"``, ``"gs"``, other URL schemes in lower case, or ``""`` for a local path."""
+    match = _SCHEME.match(os.fspath(location))
+    return "" if match is None else match[1].lower()
 
-    ``pathlib`` would silently turn ``s3://bucket/x`` into a local folder
-    ``s3:/bucket/x``; object storage (``s3://``, ``gs://``) is not supported
-    yet, so such a location is refused before anything is created.
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is on object storage."""
+    return scheme(location) in OBJECT_STORES
+
+
+def location(text: str | os.PathLike, flag: str, schemes: tuple[str, ...] = OBJECT_STORES
+             ) -> epath.Path:
+    """A local path (``file://`` URLs too) or an object-storage URL in ``schemes``.
+
+    Any other URL is a ValueError naming ``flag``, raised before anything is created.
     """
-    text = os.fspath(location)
-    scheme = _SCHEME.match(text)
-    if scheme is None:
-        return pathlib.Path(text)
-    if scheme[1].lower() == "file":
-        return pathlib.Path(text[scheme.end():])
-    raise ValueError(f"{flag}={text}: {scheme[1]}:// locations are not supported yet; use a "
-                     "local path, or a bucket mounted as one (gcsfuse, mountpoint-s3)")
+    text = os.fspath(text)
+    kind = scheme(text)
+    if kind == "file":
+        return epath.Path(text[len("file://"):])
+    if kind and kind not in schemes:
+        allowed = " or ".join(f"{s}://" for s in schemes) or "no"
+        raise ValueError(f"{flag}={text}: {kind}:// locations are not supported here (a local "
+                         f"path, or {allowed} URLs)")
+    if kind:
+        _check_client(kind, flag, text)
+        text = f"{kind}://{text[len(kind) + 3:]}"  # GS://b -> gs://b
+    return epath.Path(text)
+
+
+def _check_client(kind: str, flag: str, text: str) -> None:
+    """Refuses a URL whose fsspec client (s3fs, gcsfs) is not installed, saying which extra."""
+    module = {"s3": "s3fs", "gs": "gcsfs"}[kind]
+    try:
+        __import__(module)
+    except ImportError:
+        raise ValueError(f"{flag}={text}: {kind}:// needs {module}: pip install "
+                         f"'hpajax[{_EXTRA[kind]}]'") from None
+
+
+def local_path(text: str | os.PathLike, flag: str) -> pathlib.Path:
+    """``text`` as a local path (``file://`` URLs too); a ValueError naming ``flag`` for any
+    URL, for inputs that must be on this machine."""
+    return pathlib.Path(location(text, flag, schemes=()))
+
+
+def make_folder(path: str | os.PathLike) -> None:
+    """Creates a local folder and its parents; on object storage, where a folder is only
+    a key prefix, nothing (and no bucket is ever created)."""
+    if not is_remote(path):
+        pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def files_under(path: str | os.PathLike) -> Iterator[epath.Path]:
+    """Every file below ``path`` (on object storage, every key under the prefix), sorted."""
+    for child in sorted(epath.Path(path).iterdir()):
+        if child.is_dir():
+            yield from files_under(child)
+        else:
+            yield child
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Writes ``data`` to a temporary file, syncs it, then renames it over ``path``."""
+    """Writes ``data`` whole: locally to a synced temporary file renamed over ``path``; on
+    object storage as one upload, which replaces the object only once complete."""
+    data = data.encode() if isinstance(data, str) else data
+    if is_remote(path):
+        epath.Path(path).write_bytes(data)
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp")  # one writer per file: see workdir.py
     with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -2,20 +2,22 @@
 
 On resume, records past the restored step are dropped from ``metrics.jsonl``
 and from TensorBoard (``purge_step``): the run redoes those steps, so the
-logs hold each step once, as the resumed run computed it.
+logs hold each step once, as the resumed run computed it. Object storage has
+no append, so ``metrics.jsonl`` is rewritten whole at each record there (one
+upload of a few hundred kB at most); a local file is appended to.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import jax
 from absl import flags, logging
+from etils import epath
 from tensorboardX import SummaryWriter
 
-from hpajax.files import write_atomic
+from hpajax.files import is_remote, write_atomic
 from hpajax.records import read_records
 
 
@@ -28,39 +30,47 @@ class MetricsLog:
     """
 
     def __init__(self, workdir: str | os.PathLike, start_step: int):
-        workdir = pathlib.Path(workdir)
+        workdir = epath.Path(workdir)
         self.path = workdir / "metrics.jsonl"
         self.tensorboard_dir = workdir / "tensorboard"
         self.primary = jax.process_index() == 0
         self._file = self._tb = None
         if not self.primary:
             return
-        _truncate_after(self.path, start_step)
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=start_step + 1)
+        self._lines = _truncate_after(self.path, start_step)
+        if not is_remote(self.path):
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = SummaryWriter(os.fspath(self.tensorboard_dir), purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Records one event; numbers also go to TensorBoard as ``split/name``."""
         if not self.primary:
             return
-        self._file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        self._file.flush()
+        line = json.dumps({"step": step, "split": split, **values}) + "\n"
+        if self._file is None:
+            self._lines.append(line)
+            write_atomic(self.path, "".join(self._lines))
+        else:
+            self._file.write(line)
+            self._file.flush()
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
         if self.primary:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
             self._tb.close()
 
 
-def _truncate_after(path: pathlib.Path, step: int) -> None:
-    """Keeps only the records of steps <= ``step`` (atomically)."""
+def _truncate_after(path: epath.Path, step: int) -> list[str]:
+    """Keeps only the records of steps <= ``step`` (atomically); returns their lines."""
     if not path.exists():
-        return
+        return []
     kept = [json.dumps(r) + "\n" for r in read_records(path) if r["step"] <= step]
     write_atomic(path, "".join(kept))
+    return kept
 
 
 def progress_line(step: int, total: int, epoch: float, loss: float, lr: float,

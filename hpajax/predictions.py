@@ -22,13 +22,13 @@ import dataclasses
 import io
 import json
 import os
-import pathlib
 import zipfile
 
 import numpy as np
+from etils import epath
 
 from hpajax import classes, evaluate
-from hpajax.files import write_atomic
+from hpajax.files import make_folder, write_atomic
 
 FORMAT_VERSION = 1
 _ARRAYS = ("ids", "rows", "labels", "probs", "loss", "class_names", "split", "step",
@@ -97,7 +97,7 @@ def check(predictions: Predictions) -> None:
 
 def save(path: str | os.PathLike, predictions: Predictions, *, split: str, step: int,
          data_fingerprint: dict,
-         class_frequency: np.ndarray | None = None) -> pathlib.Path:
+         class_frequency: np.ndarray | None = None) -> epath.Path:
     """Writes ``predictions`` and where they came from to ``path`` (atomically); returns it.
 
     ``class_frequency``: float [28], each class's positive rate in the run's
@@ -108,8 +108,8 @@ def save(path: str | os.PathLike, predictions: Predictions, *, split: str, step:
     optional = ({} if class_frequency is None else
                 {"class_frequency": evaluate.check_frequency(class_frequency,
                                                              classes.NUM_CLASSES)})
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = epath.Path(path)
+    make_folder(path.parent)
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer, ids=np.asarray(list(predictions.ids), dtype=np.str_),
@@ -157,7 +157,7 @@ def load(path: str | os.PathLike) -> tuple[Predictions, Info]:
 def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file; ValueError if it is not one or lacks one we need."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False)
     except (zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"cannot read it as .npz ({e})") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):

@@ -1,14 +1,15 @@
 """Reading a run's ``metrics.jsonl``: one JSON record per line, each with its ``step``.
 
-Standard library only, so the report rebuilds its training curves without
-JAX; ``logs.MetricsLog`` writes the file.
+No JAX, so the report rebuilds its training curves without it; ``logs.MetricsLog``
+writes the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
+
+from etils import epath
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -17,7 +18,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     A kill or a full disk in the middle of an append leaves a torn last line:
     it is dropped with a warning. A bad line before it is an error naming it.
     """
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     if not path.exists():
         return []
     lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1)

@@ -39,15 +39,15 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from hpajax import classes, evaluate, figures, predictions
-from hpajax.files import write_atomic, write_json
+from hpajax.files import make_folder, write_atomic, write_json
 from hpajax.predictions import Predictions
 from hpajax.records import read_records
 
@@ -142,8 +142,8 @@ def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions
     each class's positive rate in training (None: unknown, no "rate" set and
     the guard falls back to 0.5); ``min_val_positives`` is the guard's.
     """
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = epath.Path(out_dir)
+    make_folder(out)
     sets = tuned_thresholds(val, test, train, class_frequency, min_val_positives)
     metrics = {"step": step, "decision_rule": DECISION_RULE,
                **metrics_table(val, test, sets, names, class_frequency)}
@@ -211,8 +211,8 @@ def montage_rows(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
     return best[f1[best] > 0][:size], worst[f1[worst] < 1][:size]
 
 
-def _montages(out: pathlib.Path, test: Predictions, name: str, thresholds: np.ndarray,
-              images_of: Callable[[np.ndarray], np.ndarray], size: int) -> list[pathlib.Path]:
+def _montages(out: epath.Path, test: Predictions, name: str, thresholds: np.ndarray,
+              images_of: Callable[[np.ndarray], np.ndarray], size: int) -> list[epath.Path]:
     written = []
     for kind, positions in zip(("best", "worst"),
                                montage_rows(test.labels, test.probs, thresholds, size)):
@@ -291,9 +291,9 @@ def load_thresholds(report_dir: str | os.PathLike, name: str | None = None) -> n
         raise ValueError(f"{path}: {name}: {e}") from None
 
 
-def _read_thresholds(report_dir: str | os.PathLike) -> tuple[pathlib.Path, dict]:
+def _read_thresholds(report_dir: str | os.PathLike) -> tuple[epath.Path, dict]:
     """The path and the content of a report's thresholds.json."""
-    path = pathlib.Path(report_dir) / "thresholds.json"
+    path = epath.Path(report_dir) / "thresholds.json"
     return path, json.loads(path.read_text())
 
 
@@ -307,7 +307,7 @@ def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True,
     montages, the test images from the run's store; no JAX. Without the
     store the report is written without montages.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     out = workdir / REPORT_DIR
     saved = load_predictions(workdir)
     (val, val_info), (test, test_info) = saved["val"], saved["test"]
@@ -326,7 +326,7 @@ def load_predictions(workdir: str | os.PathLike
                      ) -> dict[str, tuple[Predictions, predictions.Info]]:
     """The predictions files of ``WORKDIR/report/`` by role, checked to be of one checkpoint
     and one training data set (FileNotFoundError if val's or test's is missing)."""
-    out = pathlib.Path(workdir) / REPORT_DIR
+    out = epath.Path(workdir) / REPORT_DIR
     paths = {role: out / predictions.file_name(role) for role in ROLES}
     missing = [paths[role].name for role in ("val", "test") if not paths[role].is_file()]
     if missing:
@@ -344,7 +344,7 @@ def load_predictions(workdir: str | os.PathLike
     return saved
 
 
-def _store_images(workdir: pathlib.Path,
+def _store_images(workdir: epath.Path,
                   test: Predictions) -> Callable[[np.ndarray], np.ndarray] | None:
     """``images_of`` for the montages, reading the run's store; None, saying why, if the
     store cannot be opened or no longer holds the saved Ids at the saved rows."""

@@ -9,13 +9,13 @@ sums only when it logs or saves, its only host syncs.
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from hpajax import checkpointing, classes, evaluate, inference, logs, losses, preemption
 from hpajax import steps as steps_lib
@@ -49,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.close()
 
 
-def _resume_and_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, data: RunData,
+def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data: RunData,
                     steps: Steps, ckpt: checkpointing.Checkpointer) -> dict[str, float]:
     """Checks the workdir, restores its latest step (or starts), runs the loop."""
     resuming = bool(ckpt.manager.all_steps())
@@ -78,7 +78,7 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, da
 
 
 def start_from_file(steps: Steps, state: TrainState, config: ml_collections.ConfigDict,
-                    workdir: pathlib.Path) -> TrainState:
+                    workdir: epath.Path) -> TrainState:
     """``state`` with ``config.model.init_from``'s weights, before the first step.
 
     Every tensor of the file, loaded or skipped, is listed in

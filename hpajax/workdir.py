@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import tempfile
+import uuid
 
 import ml_collections
-from hpajax.files import local_path, write_atomic, write_json
+from etils import epath
+
+from hpajax import files
+from hpajax.files import write_atomic, write_json
 
 CONFIG = "config.json"
 DATA = "data.json"
@@ -35,14 +37,25 @@ ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
                 "augment.crop": False, "ema_decay": 0.0, "tta": 1, "tta_reduce": "mean"}
 
 
-def prepare(workdir: str | os.PathLike) -> pathlib.Path:
+def location(workdir: str | os.PathLike) -> epath.Path:
+    """A run folder: local or ``gs://``. ``s3://`` is refused: Orbax cannot write
+    checkpoints there (google/orbax#359)."""
+    if files.scheme(workdir) == "s3":
+        raise ValueError(
+            f"--workdir={workdir}: Orbax cannot write checkpoints to s3:// (google/orbax#359; "
+            "they would land in a local folder 's3:'). Use a local or network-mounted "
+            "--workdir, or gs://; the store may stay on s3://")
+    return files.location(workdir, "--workdir", schemes=("gs",))
+
+
+def prepare(workdir: str | os.PathLike) -> epath.Path:
     """Creates the workdir and checks that files can be written there."""
-    path = local_path(workdir, "--workdir")
+    path = location(workdir)
+    probe = path / f".write_test.{uuid.uuid4().hex}"  # one per process
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test.")  # one per process
-        os.close(fd)
-        os.unlink(probe)
+        files.make_folder(path)
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
         raise ValueError(f"--workdir={path}: cannot write there ({e.strerror or e})") from None
     return path
@@ -50,7 +63,7 @@ def prepare(workdir: str | os.PathLike) -> pathlib.Path:
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a run saved in its workdir."""
-    path = pathlib.Path(workdir) / CONFIG
+    path = location(workdir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG} in {workdir}: not a training workdir")
     return ml_collections.ConfigDict(_with_added_fields(json.loads(path.read_text())))
@@ -67,7 +80,7 @@ def _with_added_fields(saved: dict) -> dict:
     return saved
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def save_config(config: ml_collections.ConfigDict, workdir: epath.Path,
                 resuming: bool, write: bool = True) -> None:
     """Saves the config; on a resume first refuses a change of the state's shape."""
     path = workdir / CONFIG
@@ -94,7 +107,7 @@ def _flatten(tree, prefix: str) -> dict[str, object]:
     return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
 
 
-def _check_same_shape(saved: dict, new: dict, workdir: pathlib.Path) -> None:
+def _check_same_shape(saved: dict, new: dict, workdir: epath.Path) -> None:
     for field in SHAPE_FIELDS:
         old_values = _flatten(_field(saved, field), field)
         new_values = _flatten(_field(new, field), field)
@@ -106,7 +119,7 @@ def _check_same_shape(saved: dict, new: dict, workdir: pathlib.Path) -> None:
                     f"value or start a new --workdir")
 
 
-def check_data(workdir: pathlib.Path, fingerprint: dict, resuming: bool,
+def check_data(workdir: epath.Path, fingerprint: dict, resuming: bool,
                write: bool = True) -> None:
     """Records the fingerprint; on a resume refuses a store that changed since."""
     path = workdir / DATA

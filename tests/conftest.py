@@ -121,3 +121,29 @@ def kaggle_set(tmp_path):
     arrays = write_quads(tmp_path / "train", ids)
     rows = [(i, f"{k % 28} {(k * 5) % 28}") for k, i in enumerate(ids)]
     return tmp_path / "train", write_csv(tmp_path / "train.csv", rows), arrays
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """A fresh bucket on a local S3-compatible server (moto, on 127.0.0.1), with the
+    standard AWS variables pointing at it for this process and its subprocesses;
+    yields its URL, ``s3://hpajax-tests``."""
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_REGION": "us-east-1"}.items():
+            env.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients with their endpoint
+        boto3.client("s3").create_bucket(Bucket="hpajax-tests")
+        yield "s3://hpajax-tests"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

@@ -16,6 +16,7 @@ from PIL import Image
 
 from hpajax.data import convert, open_store
 from hpajax.data import store as storelib
+from hpajax.files import files_under
 
 
 def _opts(input_dir, output_dir, labels_csv=None, **kw):
@@ -32,17 +33,16 @@ def _tool(*args, **kw):
                           capture_output=True, text=True, **kw)
 
 
-def _tree(path: pathlib.Path) -> dict:
+def _tree(path) -> dict:
     """Every file's bytes under a store, metadata minus the command line."""
     files = {}
-    for f in sorted(path.rglob("*")):
-        if f.is_file():
-            data = f.read_bytes()
-            if f.name == storelib.METADATA:
-                meta = json.loads(data)
-                meta.pop("command")
-                data = json.dumps(meta, sort_keys=True).encode()
-            files[str(f.relative_to(path))] = data
+    for f in files_under(path):
+        data = f.read_bytes()
+        if f.name == storelib.METADATA:
+            meta = json.loads(data)
+            meta.pop("command")
+            data = json.dumps(meta, sort_keys=True).encode()
+        files[str(f.relative_to(path))] = data
     return files
 
 
@@ -59,7 +59,7 @@ def test_kaggle_store_holds_the_pixels_ids_and_labels(kaggle_set, tmp_path):
     assert s.metadata["channels"] == list(CHANNELS)
     assert s.metadata["format"] == "kaggle" and s.metadata["image_size"] == 32
     assert storelib.shard_samples_of(s.images) == 4
-    assert len(list((result.path / "images").rglob("c/*/0/0/0"))) == 6  # 24 / 4 shards
+    assert len(list(pathlib.Path(result.path, "images").rglob("c/*/0/0/0"))) == 6  # 24 / 4 shards
 
 
 def test_resize_uses_an_area_filter(kaggle_set, tmp_path):
@@ -355,8 +355,8 @@ if hook == "shard":     # workers writing shards, the progress not yet recorded
     store.write_json = killing(store.write_json)
 elif hook == "replace": # a progress file written but not yet renamed into place
     os.replace = killing(os.replace)
-else:                   # compacted images written, not yet swapped in
-    os.rename = killing(os.rename)
+else:                   # compacted images written, not yet copied back
+    store.create_images = killing(store.create_images)
 sys.argv = ["convert"] + sys.argv[3:]
 runpy.run_path("tools/convert.py", run_name="__main__")  # the tool, as a script
 """
@@ -417,7 +417,8 @@ def test_sigkill_while_compacting_out_bad_samples_then_resume(kaggle_set, tmp_pa
     out = tmp_path / "st"
     args = [f"--input_dir={train}", f"--labels_csv={csv_path}", "--image_size=32",
             "--shard_samples=4", "--workers=2", "--skip_bad", f"--output_dir={out}"]
-    proc = subprocess.run([PYTHON, "-c", KILLER, "rename", "1", *args],
+    # create_images: 1 the array, 2 the compacted copy, 3 the copy back (killed)
+    proc = subprocess.run([PYTHON, "-c", KILLER, "compact", "3", *args],
                           cwd=REPO, capture_output=True, start_new_session=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert (out / "images.compact").is_dir() and not (out / storelib.METADATA).exists()

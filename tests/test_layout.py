@@ -14,7 +14,7 @@ from conftest import REPO
 FLOORS = {
     "ground": ["hpajax", "classes", "files", "records", "evaluate", "predictions",
                "submission", "display", "config", "data.labels", "data.images"],
-    "data": ["data", "data.store", "data.split", "data.summary", "data.convert",
+    "data": ["data", "data.kvstores", "data.store", "data.split", "data.summary", "data.convert",
              "data.pipeline", "data.run_data", "data.dedupe", "synthetic", "synthetic.label_model",
              "synthetic.scene", "synthetic.patterns", "synthetic.render",
              "synthetic.kaggle_files"],

@@ -15,13 +15,14 @@ import sys
 from absl import app, flags
 
 from hpajax.data import convert, store
-from hpajax.files import local_path
+from hpajax.files import local_path, location
 
 flags.DEFINE_enum("format", "kaggle", ["kaggle", "hpav18"], "Layout of the input files.")
 flags.DEFINE_string("input_dir", None, "Folder holding the {Id}_{channel} image files.")
 flags.DEFINE_string("labels_csv", None, "Id,Target label file; without it, Ids come from "
                     "the file names and the store has no labels.")
-flags.DEFINE_string("output_dir", None, "Store directory to create (or resume).")
+flags.DEFINE_string("output_dir", None, "Store folder to create (or resume): a local path, "
+                    "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX.")
 flags.DEFINE_integer("image_size", 512, "Side of the stored images (area-filter resize).")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "Decoding processes.")
 flags.DEFINE_bool("skip_bad", False, "Convert the good samples and write the bad-sample "
@@ -39,7 +40,7 @@ def main(argv):
         opts = convert.Options(
             format=FLAGS.format,
             input_dir=local_path(FLAGS.input_dir, "--input_dir"),
-            output_dir=local_path(FLAGS.output_dir, "--output_dir"),
+            output_dir=location(FLAGS.output_dir, "--output_dir"),
             labels_csv=local_path(FLAGS.labels_csv, "--labels_csv") if FLAGS.labels_csv
             else None,
             image_size=FLAGS.image_size,

@@ -2,7 +2,9 @@
 
 The conversion is planned first (label file and file listing checked, every
 input file stat-ed and fingerprinted), then worker processes each decode a
-shard's samples and write that shard, an atomic file. Shards are recorded in
+shard's samples and write that shard, an atomic file or object. The output may
+be a local folder or an ``s3://``/``gs://`` prefix: everything is written
+through TensorStore and ``etils.epath``, and nothing relies on renames. Shards are recorded in
 a progress file as they complete in order, so a conversion killed at any
 moment resumes after its last recorded shard and ends bit-identical to an
 uninterrupted one. The fingerprint (inputs, their sizes and mtimes, options)
@@ -24,12 +26,12 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import tqdm
+from etils import epath
 
 import hpajax
 from hpajax import classes
@@ -39,6 +41,7 @@ from hpajax.data import store as storelib
 from hpajax.data.labels import Problem
 
 PROGRESS = ".convert_progress.json"
+COMPACT = f"{storelib.IMAGES}.compact"  # the good rows, while bad ones are compacted away
 
 
 class ConversionError(RuntimeError):
@@ -51,7 +54,7 @@ class Options:
 
     format: str
     input_dir: pathlib.Path
-    output_dir: pathlib.Path
+    output_dir: epath.Path
     labels_csv: pathlib.Path | None = None
     image_size: int = 512
     workers: int = 1
@@ -78,7 +81,7 @@ class Plan:
 class Result:
     """What a finished conversion produced."""
 
-    path: pathlib.Path
+    path: epath.Path
     num_samples: int
     num_bad: int  # samples left out (--skip_bad)
     already_done: bool
@@ -86,15 +89,19 @@ class Result:
 
 def convert(opts: Options) -> Result:
     """Converts (or resumes converting) ``opts.input_dir`` into a store."""
+    opts = dataclasses.replace(opts, output_dir=epath.Path(opts.output_dir))
     _check_options(opts)
     plan = make_plan(opts)
     out = opts.output_dir
-    if _finished(out, plan.fingerprint):
-        meta = storelib.open_store(out).metadata
-        return Result(out, meta["num_samples"], meta["num_bad"], already_done=True)
-    progress = _start_or_resume(out, plan, opts)
-    progress = _convert_images(plan, progress, opts)
-    return _finish(plan, progress, opts)
+    try:
+        if _finished(out, plan.fingerprint):
+            meta = storelib.open_store(out).metadata
+            return Result(out, meta["num_samples"], meta["num_bad"], already_done=True)
+        progress = _start_or_resume(out, plan, opts)
+        progress = _convert_images(plan, progress, opts)
+        return _finish(plan, progress, opts)
+    except (OSError, ValueError) as e:  # a full disk, a missing bucket, refused credentials
+        raise ConversionError(f"--output_dir={out}: cannot write the store: {e}") from None
 
 
 def _check_options(opts: Options) -> None:
@@ -204,7 +211,7 @@ def _fingerprint(ids, labels, stats, spec, shard_samples, codec) -> str:
 # ---------------------------------------------------------------- progress
 
 
-def _finished(out: pathlib.Path, fingerprint: str) -> bool:
+def _finished(out: epath.Path, fingerprint: str) -> bool:
     """True if ``out`` already holds this very conversion; refuses other stores."""
     meta_path = out / storelib.METADATA
     if not meta_path.is_file():
@@ -217,7 +224,7 @@ def _finished(out: pathlib.Path, fingerprint: str) -> bool:
     return True
 
 
-def _start_or_resume(out: pathlib.Path, plan: Plan, opts: Options) -> dict:
+def _start_or_resume(out: epath.Path, plan: Plan, opts: Options) -> dict:
     """Returns the progress to continue from, creating the image array if new."""
     progress_path = out / PROGRESS
     if progress_path.is_file():
@@ -228,13 +235,13 @@ def _start_or_resume(out: pathlib.Path, plan: Plan, opts: Options) -> dict:
             return progress
         print(f"Inputs or options changed since the interrupted conversion in {out}; "
               "starting over")
-        for name in (storelib.IMAGES, f"{storelib.IMAGES}.compact"):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (storelib.IMAGES, COMPACT):
+            (out / name).rmtree(missing_ok=True)
     elif out.exists() and any(out.iterdir()):
         raise ConversionError(
             f"--output_dir={out} is not empty and holds no hpajax conversion; "
             "refusing to write into it")
-    out.mkdir(parents=True, exist_ok=True)
+    storelib.make_folder(out)
     progress = {"fingerprint": plan.fingerprint, "shards": 0, "bad": []}
     storelib.write_json(progress_path, progress)
     storelib.create_images(out, max(len(plan.ids), 1), plan.spec.image_size,
@@ -287,7 +294,7 @@ def _convert_shard(task: _ShardTask) -> list[list]:
 
 
 @contextlib.contextmanager
-def _shard_map(workers: int, out: pathlib.Path) -> Iterator[Callable]:
+def _shard_map(workers: int, out: epath.Path) -> Iterator[Callable]:
     """An ordered map over shards writing to ``out``: in-process, or in spawned workers."""
     if workers <= 1:
         _open_images_for_write(str(out))
@@ -347,25 +354,37 @@ def _finish(plan: Plan, progress: dict, opts: Options) -> Result:
     return Result(out, len(good), len(problems), already_done=False)
 
 
-def _compact(out: pathlib.Path, good: list[int], plan: Plan, progress: dict, codec: str) -> None:
-    """Rewrites the image array without the bad rows, then swaps it in.
+def _compact(out: epath.Path, good: list[int], plan: Plan, progress: dict, codec: str) -> None:
+    """Rewrites the image array without the bad rows.
 
-    The copy goes to ``images.compact``; once complete it is recorded in the
-    progress file, so a kill during the swap is finished by the next run.
+    Object storage has no rename, so the good rows are copied to ``images.compact``
+    and back into a new ``images``; each completed stage is recorded in the
+    progress file, so a kill anywhere is finished by the next run.
     """
-    compact = out / f"{storelib.IMAGES}.compact"
+    size, k = plan.spec.image_size, plan.shard_samples
     if not progress.get("compacted"):
-        src = storelib.open_images(out)
-        dst = storelib.create_images(out, len(good), plan.spec.image_size, classes.NUM_CHANNELS,
-                                     plan.shard_samples, codec, name=compact.name)
-        for first in range(0, len(good), plan.shard_samples):
-            rows = np.asarray(good[first:first + plan.shard_samples])
-            dst[first:first + len(rows)].write(src[rows].read().result()).result()
-        progress["compacted"] = True
-        storelib.write_json(out / PROGRESS, progress)
-    if compact.exists():
-        shutil.rmtree(out / storelib.IMAGES, ignore_errors=True)
-        os.rename(compact, out / storelib.IMAGES)
+        dst = storelib.create_images(out, len(good), size, classes.NUM_CHANNELS, k, codec,
+                                     name=COMPACT)
+        _copy_rows(storelib.open_images(out), dst, good, k)
+        _record(out, progress, "compacted")
+    if not progress.get("copied_back"):
+        dst = storelib.create_images(out, len(good), size, classes.NUM_CHANNELS, k, codec)
+        _copy_rows(storelib.open_images(out, name=COMPACT), dst, range(len(good)), k)
+        _record(out, progress, "copied_back")
+    (out / COMPACT).rmtree(missing_ok=True)
+
+
+def _copy_rows(src, dst, rows, shard_samples: int) -> None:
+    """Copies ``src[rows]`` into ``dst``, a shard at a time."""
+    rows = np.asarray(rows)
+    for first in range(0, len(rows), shard_samples):
+        chunk = rows[first:first + shard_samples]
+        dst[first:first + len(chunk)].write(src[chunk].read().result()).result()
+
+
+def _record(out: epath.Path, progress: dict, stage: str) -> None:
+    progress[stage] = True
+    storelib.write_json(out / PROGRESS, progress)
 
 
 def _metadata(plan: Plan, opts: Options, n: int, num_bad: int) -> dict:

@@ -1,4 +1,4 @@
-"""The converted-data store: a directory that every later stage reads.
+"""The converted-data store: a folder (local, ``s3://`` or ``gs://``) every later stage reads.
 
 Layout of ``STORE/``::
 
@@ -8,28 +8,32 @@ Layout of ``STORE/``::
     ids.txt            one sample Id per line, in array order.
     labels.npy         multi-hot uint8 [N, 28] (absent for unlabeled sets).
     metadata.json      source, size, channels, codec, creation command; written
-                       last, so its presence marks a complete store.
+                       last, so its presence marks a complete store (object
+                       storage has no rename: this object is the commit).
     splits/NAME.json   named index splits (see ``hpajax.data.split``).
     bad_samples.csv    samples left out by ``convert --skip_bad``, and why.
 
-Everything here is plain NumPy/JSON except the image array, which is opened
-with TensorStore; nothing imports JAX.
+Everything here is plain NumPy/JSON, read and written through ``etils.epath``,
+except the image array, which TensorStore opens on the same location's kvstore
+(``kvstores.spec``); nothing imports JAX.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import pathlib
 import re
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
+from etils import epath
 
 from hpajax import classes
-from hpajax.files import local_path, write_atomic, write_json  # noqa: F401  (re-exported)
+from hpajax.data import kvstores
+from hpajax.files import location, make_folder, write_atomic, write_json
 
 IMAGES = "images"
 IDS = "ids.txt"
@@ -77,10 +81,10 @@ def default_shard_samples(image_size: int, channels: int) -> int:
     return max(1, min(_MAX_SHARD_SAMPLES, _SHARD_BYTES // (image_size * image_size * channels)))
 
 
-def _images_spec(path: pathlib.Path, name: str) -> dict[str, Any]:
+def _images_spec(path: str | os.PathLike, name: str) -> dict[str, Any]:
     return {
         "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": str(path / name)},
+        "kvstore": kvstores.spec(epath.Path(path) / name),
         # Shard indices are tiny and read on every access: keep them cached.
         "context": {"cache_pool": {"total_bytes_limit": 16 << 20}},
     }
@@ -100,7 +104,7 @@ def create_images(
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     shard_samples = shard_samples or default_shard_samples(image_size, channels)
     sample = [1, image_size, image_size, channels]
-    spec = _images_spec(pathlib.Path(path), name)
+    spec = _images_spec(path, name)
     spec["metadata"] = {
         "shape": [num_samples, image_size, image_size, channels],
         "data_type": "uint8",
@@ -122,7 +126,7 @@ def open_images(path: str | os.PathLike, *, write: bool = False,
                 name: str = IMAGES) -> ts.TensorStore:
     """Opens the image array of a store (also an unfinished one, for writers)."""
     mode = {"open": True, "read": True, "write": write}
-    return ts.open(_images_spec(pathlib.Path(path), name), **mode).result()
+    return ts.open(_images_spec(path, name), **mode).result()
 
 
 def shard_samples_of(images: ts.TensorStore) -> int:
@@ -134,7 +138,7 @@ def shard_samples_of(images: ts.TensorStore) -> int:
 class Store:
     """A converted data set: images in TensorStore, the rest in memory."""
 
-    path: pathlib.Path
+    path: epath.Path
     images: ts.TensorStore
     ids: list[str]
     labels: np.ndarray | None
@@ -162,31 +166,37 @@ class Store:
 def open_store(path: str | os.PathLike) -> Store:
     """Opens a complete store for reading; raises StoreError if it is not one."""
     try:
-        path = local_path(path, "store")
+        path = location(path, "store")
     except ValueError as e:
         raise StoreError(str(e)) from None
-    meta_path = path / METADATA
-    if not meta_path.is_file():
-        hint = (" (an unfinished conversion: rerun the same convert command)"
-                if (path / IMAGES).exists() else "")
-        raise StoreError(f"{path} is not a complete hpajax store: no {METADATA}{hint}")
-    metadata = json.loads(meta_path.read_text())
-    ids = (path / IDS).read_text().splitlines()
+    try:
+        meta_path = path / METADATA
+        if not meta_path.is_file():
+            hint = (" (an unfinished conversion: rerun the same convert command)"
+                    if (path / IMAGES).exists() else "")
+            raise StoreError(f"{path} is not a complete hpajax store: no {METADATA}{hint}")
+        metadata = json.loads(meta_path.read_text())
+        ids = (path / IDS).read_text().splitlines()
+        labels_path = path / LABELS
+        labels = _load_labels(labels_path, len(ids)) if labels_path.exists() else None
+        images = open_images(path)
+    except StoreError:
+        raise
+    except (OSError, ValueError) as e:  # a bucket, endpoint or credentials problem
+        raise StoreError(f"{path}: cannot read the store: {e}") from None
     n = len(ids)
-    labels = _load_labels(path / LABELS, n) if (path / LABELS).exists() else None
-    images = open_images(path)
     if images.shape[0] != n:
         raise StoreError(f"{path}: inconsistent store: {n} ids, images {tuple(images.shape)}")
     return Store(path=path, images=images, ids=ids, labels=labels, metadata=metadata)
 
 
-def _load_labels(file: pathlib.Path, n: int) -> np.ndarray:
+def _load_labels(file: epath.Path, n: int) -> np.ndarray:
     """``labels.npy`` as uint8 [n, 28] multi-hot; a StoreError says what is wrong with it.
 
     Checked here because every consumer (loss, split, metrics) trusts 0/1 labels.
     """
     try:
-        labels = np.load(file)
+        labels = np.load(io.BytesIO(file.read_bytes()))
     except (OSError, ValueError, EOFError) as e:
         raise StoreError(f"{file}: cannot read: {e}") from None
     if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
@@ -209,13 +219,12 @@ def finalize(
     metadata: dict[str, Any],
 ) -> None:
     """Writes ids, labels and (last, marking completion) metadata of a store."""
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     write_atomic(path / IDS, "".join(f"{i}\n" for i in ids))
     if labels is not None:
-        tmp = path / f".{LABELS}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(labels, np.uint8))
-        os.replace(tmp, path / LABELS)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(labels, np.uint8))
+        write_atomic(path / LABELS, buffer.getvalue())
     write_json(path / METADATA, metadata)
 
 
@@ -244,13 +253,13 @@ def save_split(
     name: str,
     parts: dict[str, np.ndarray],
     info: dict[str, Any] | None = None,
-) -> pathlib.Path:
+) -> epath.Path:
     """Saves a named split (part name -> indices) with the store."""
     check_name(name)
     for part in parts:
         check_name(part, "part name")
-    out = pathlib.Path(path) / SPLITS / f"{name}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = epath.Path(path) / SPLITS / f"{name}.json"
+    make_folder(out.parent)
     write_json(out, {"info": info or {},
                      "parts": {k: np.sort(v).astype(int).tolist() for k, v in parts.items()}})
     return out
@@ -259,7 +268,7 @@ def save_split(
 def load_split(path: str | os.PathLike, name: str = "default") -> dict[str, np.ndarray]:
     """Loads a named split saved with ``save_split``."""
     check_name(name)
-    f = pathlib.Path(path) / SPLITS / f"{name}.json"
+    f = epath.Path(path) / SPLITS / f"{name}.json"
     if not f.is_file():
         raise StoreError(f"{path}: no split named {name!r} ({f} missing); "
                          "create it with tools/split.py")

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from hpajax import classes
-from hpajax.data.store import Store
-
-
-def _disk_bytes(store: Store) -> int:
-    return sum(f.stat().st_size for f in (store.path / "images").rglob("*") if f.is_file())
+from hpajax.data.store import IMAGES, Store
+from hpajax.files import files_under
 
 
 def describe(store: Store) -> str:
     """Size, layout and, per saved split, class counts of every part."""
     m = store.metadata
     n, size = len(store), store.image_size
-    disk = _disk_bytes(store)
-    files = sum(1 for f in (store.path / "images").rglob("*") if f.is_file())
+    sizes = [f.stat().length for f in files_under(store.path / IMAGES)]
+    disk, files = sum(sizes), len(sizes)
     lines = [
         f"store      {store.path}",
         f"samples    {n} x {size}x{size}x{len(store.channels)} uint8 "
