@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpajax import xla_defaults
+# gcsfs against the local GCS emulator (``gcs_bucket``): anonymous, and without its
+# gRPC bucket-type lookup, which the emulator cannot answer; both are read when fsspec
+# and gcsfs are imported, so they are set before anything imports them.
+os.environ.update(FSSPEC_GCS_TOKEN="anon", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+
+from hpajax import xla_defaults  # noqa: E402
 
 # The XLA:CPU flags main() applies: in-process results then match the
 # command-line runs bit for bit, and the suite runs at the users' speed.
@@ -45,8 +50,9 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # The slowest files first (from `pytest --durations=0`): pytest-xdist hands
 # files to its workers in collection order, so starting with these keeps a
 # worker from picking up a long file near the end while the other idles.
-_SLOWEST_FIRST = ("test_faults.py", "test_sweep.py", "test_multihost.py", "test_demo.py",
-                  "test_train.py", "test_commands.py", "test_model.py", "test_gpu_check.py")
+_SLOWEST_FIRST = ("test_faults.py", "test_object_storage.py", "test_sweep.py",
+                  "test_multihost.py", "test_demo.py", "test_train.py", "test_commands.py",
+                  "test_model.py", "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
@@ -81,6 +87,31 @@ def write_quads(directory: pathlib.Path, ids, size: int = 32, seed: int = 0) -> 
             Image.fromarray(arr[..., c]).save(directory / f"{sample_id}_{name}.png")
         arrays[sample_id] = arr
     return arrays
+
+
+def store_tree(location) -> dict:
+    """Every file's (object's) bytes under a store (local or in a bucket), keyed by its
+    path in the store; the metadata less the command line that made it."""
+    import json
+
+    from hpajax.files import files_under
+
+    out = {}
+    for f in files_under(location):
+        data = f.read_bytes()
+        if f.name == "metadata.json":
+            meta = {k: v for k, v in json.loads(data).items() if k != "command"}
+            data = json.dumps(meta, sort_keys=True).encode()
+        out[str(f.relative_to(location))] = data
+    return out
+
+
+def run_records(workdir) -> list[dict]:
+    """A run's metrics.jsonl (local or in a bucket) less the wall-clock speed."""
+    from hpajax.records import read_records
+
+    return [{k: v for k, v in r.items() if k != "images_per_s"}
+            for r in read_records(f"{workdir}/metrics.jsonl")]
 
 
 def write_csv(path: pathlib.Path, rows) -> pathlib.Path:
@@ -147,3 +178,54 @@ def s3_bucket():
         yield "s3://hpajax-tests"
     s3fs.S3FileSystem.clear_instance_cache()
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket():
+    """A fresh bucket on a local GCS emulator (gcp-storage-emulator, on 127.0.0.1), with
+    the endpoint overrides TensorStore (``TENSORSTORE_GCS_HTTP_URL``) and gcsfs and
+    google-cloud-storage (``STORAGE_EMULATOR_HOST``) document for emulators set for this
+    process and its subprocesses; yields its URL, ``gs://hpajax-tests``.
+
+    The emulator serves ``bytes=START-END`` ranges only and sends no
+    ``x-goog-generation`` header: it is taught the suffix ranges (``bytes=-N``, RFC
+    9110) with which TensorStore reads shard indices, and the header, which
+    TensorStore's ranged reads require.
+    """
+    import gcsfs
+    from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.server import create_server
+
+    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="hpajax-tests")
+    server.start()
+    url = f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setattr(objects, "download", _with_suffix_ranges(objects.download))
+        env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+        env.setenv("STORAGE_EMULATOR_HOST", url)
+        env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore: no credentials
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        yield "gs://hpajax-tests"
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    server.stop()
+
+
+def _with_suffix_ranges(download):
+    """The emulator's object download, also serving ``Range: bytes=-N`` (the last N bytes)
+    and sending the object's generation."""
+    import re
+
+    def serve(request, response, storage, *args, **kwargs):
+        headers = request._request_handler.headers
+        suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", headers.get("range", ""))
+        where = request.params["bucket_name"], request.params["object_id"]
+        try:
+            if suffix:
+                size = len(storage.get_file(*where))
+                headers.replace_header("range", f"bytes={max(size - int(suffix[1]), 0)}-")
+            response["x-goog-generation"] = str(storage.get_file_obj(*where)["generation"])
+        except Exception:  # noqa: BLE001  a missing object: the download says so
+            pass
+        return download(request, response, storage, *args, **kwargs)
+
+    return serve

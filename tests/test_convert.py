@@ -11,12 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, DATA, CHANNELS, write_csv, write_quads
+from conftest import PYTHON, REPO, DATA, CHANNELS, store_tree, write_csv, write_quads
 from PIL import Image
 
 from hpajax.data import convert, open_store
 from hpajax.data import store as storelib
-from hpajax.files import files_under
 
 
 def _opts(input_dir, output_dir, labels_csv=None, **kw):
@@ -31,19 +30,6 @@ def _opts(input_dir, output_dir, labels_csv=None, **kw):
 def _tool(*args, **kw):
     return subprocess.run([PYTHON, str(REPO / "tools" / "convert.py"), *args],
                           capture_output=True, text=True, **kw)
-
-
-def _tree(path) -> dict:
-    """Every file's bytes under a store, metadata minus the command line."""
-    files = {}
-    for f in files_under(path):
-        data = f.read_bytes()
-        if f.name == storelib.METADATA:
-            meta = json.loads(data)
-            meta.pop("command")
-            data = json.dumps(meta, sort_keys=True).encode()
-        files[str(f.relative_to(path))] = data
-    return files
 
 
 def test_kaggle_store_holds_the_pixels_ids_and_labels(kaggle_set, tmp_path):
@@ -74,7 +60,7 @@ def test_two_workers_give_identical_bytes(kaggle_set, tmp_path):
     train, csv_path, _ = kaggle_set
     one = convert.convert(_opts(train, tmp_path / "w1", csv_path, workers=1)).path
     two = convert.convert(_opts(train, tmp_path / "w2", csv_path, workers=2)).path
-    assert _tree(one) == _tree(two)
+    assert store_tree(one) == store_tree(two)
 
 
 def test_without_labels_ids_come_from_files(kaggle_set, tmp_path):
@@ -406,7 +392,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert not (out / storelib.METADATA).exists()  # killed unfinished
     r = _tool(*args, f"--output_dir={out}")
     assert r.returncode == 0, r.stderr
-    assert _tree(out) == _tree(reference)
+    assert store_tree(out) == store_tree(reference)
     assert "already converted" in _tool(*args, f"--output_dir={out}").stdout
 
 
@@ -421,9 +407,9 @@ def test_sigkill_while_compacting_out_bad_samples_then_resume(kaggle_set, tmp_pa
     proc = subprocess.run([PYTHON, "-c", KILLER, "compact", "3", *args],
                           cwd=REPO, capture_output=True, start_new_session=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert (out / "images.compact").is_dir() and not (out / storelib.METADATA).exists()
+    assert (out / convert.COMPACT).is_dir() and not (out / storelib.METADATA).exists()
     assert _tool(*args).returncode == 0
-    assert _tree(out) == _tree(reference)
+    assert store_tree(out) == store_tree(reference)
     assert len(open_store(out)) == 23
     assert "already converted 23 samples" in (rerun := _tool(*args)).stdout
     assert "1 bad sample(s) skipped" in rerun.stdout

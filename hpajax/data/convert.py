@@ -41,7 +41,7 @@ from hpajax.data import store as storelib
 from hpajax.data.labels import Problem
 
 PROGRESS = ".convert_progress.json"
-COMPACT = f"{storelib.IMAGES}.compact"  # the good rows, while bad ones are compacted away
+COMPACT = "compacted"  # the good rows while the bad ones are compacted away
 
 
 class ConversionError(RuntimeError):

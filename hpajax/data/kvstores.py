@@ -2,8 +2,10 @@
 
 Endpoints and credentials come from the standard environment, as boto3 and gcsfs read
 them. TensorStore's ``s3`` driver ignores ``AWS_ENDPOINT_URL``, so it is put into the
-spec here. Retries are bounded so that a missing bucket, refused credentials or an
-unreachable endpoint fail within seconds, with the URL named, instead of stalling.
+spec here; for GCS, TensorStore reads ``TENSORSTORE_GCS_HTTP_URL`` itself. Retries and
+connection timeouts are bounded (TensorStore's defaults: 32 retries, a 30 s connect
+timeout) so that a missing bucket, refused credentials or an unreachable endpoint fail
+within seconds, naming the URL, instead of stalling; the environment may override them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from typing import Any
 
 from hpajax import files
 
-# Attempts after the first, and the exponential backoff between them (seconds).
+# Attempts after the first, and the exponential backoff between them.
 _RETRIES = {"max_retries": 4, "initial_delay": "100ms", "max_delay": "2s"}
+# TensorStore's HTTP settings, read from the environment when it first connects.
+_CURL_DEFAULTS = {"TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS": "5",  # per attempt
+                  "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS": "30",  # a silent server
+                  "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES": "1"}
 
 
 def spec(location: str | os.PathLike) -> dict[str, Any]:
@@ -23,6 +29,8 @@ def spec(location: str | os.PathLike) -> dict[str, Any]:
     kind = files.scheme(text)
     if not kind:
         return {"driver": "file", "path": text}
+    for name, value in _CURL_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     bucket, _, prefix = text[len(kind) + 3:].partition("/")
     path = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
     if kind == "s3":
@@ -42,4 +50,6 @@ def _s3(bucket: str, path: str) -> dict[str, Any]:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         out["aws_region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID"):  # else the default chain: profile, instance role
+        out["aws_credentials"] = {"type": "environment"}
     return out
