@@ -9,24 +9,34 @@ Measures, on one synthetic Kaggle-layout set, side by side:
   * tools/convert.py's converter with 1 and 2 workers,
   * the Grain training pipeline over the store per codec (bytes/sample on
     disk, warm and cold page cache) with 0/1/2 worker processes,
-  * the same Grain pipeline decoding the PNG quads per sample instead.
+  * the same Grain pipeline decoding the PNG quads per sample instead,
+  * the Grain pipeline over the same store on S3 (``--remote_delays_ms``): a
+    local S3-compatible server (moto), directly and behind a proxy that delays
+    every request (experiments/delay_proxy.py), against the store on disk.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import grain
 import numpy as np
+import portpicker
 from absl import app, flags
+from etils import epath
 from PIL import Image
 
+from delay_proxy import DelayProxy  # a sibling: the script's folder is on sys.path
 from hpajax import synthetic
-from hpajax.data import images, pipeline, run_data, store
+from hpajax.data import convert, images, pipeline, run_data, store
+from hpajax.files import files_under
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,6 +47,11 @@ flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 flags.DEFINE_integer("batches", 24, "Timed pipeline batches per figure.")
 flags.DEFINE_list("codecs", sorted(store.CODECS), "Codecs to compare.")
 flags.DEFINE_list("workers", ["0", "1", "2"], "Pipeline worker processes to compare.")
+flags.DEFINE_list("remote_delays_ms", ["0", "20"], "Per-request delays of the S3 figures "
+                  "(empty: none; needs hpajax[s3] and moto[server]).")
+flags.DEFINE_integer("remote_shard_samples", None, "Samples per shard object of the S3 "
+                     "figures' store (default: the zstd1 store's). moto copies a whole "
+                     "object per ranged read: smaller objects show less of the server.")
 FLAGS = flags.FLAGS
 
 
@@ -168,6 +183,60 @@ def png_dataset(train: pathlib.Path, ids: list[str], batch_size: int, workers: i
     return pipeline.to_iter(ds, workers, pipeline.DEFAULT_PREFETCH)
 
 
+def store_dataset(location: str, batch_size: int, workers: int):
+    return pipeline.train_dataset(run_data.whole_store(location).sources,
+                                  batch_size=batch_size, seed=0, num_workers=workers)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[int]:
+    """A local S3-compatible server (moto) in its own process, so that serving does not
+    contend for the pipeline's interpreter; yields its port."""
+    port = portpicker.pick_unused_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.kill()
+        server.wait()
+
+
+def bench_remote(local: pathlib.Path, bs: int, batches: int, delays_ms: list[int]) -> None:
+    """The pipeline over ``local`` copied into a moto bucket, reached directly or through a
+    DelayProxy, each figure beside the same pipeline over ``local`` in the same run."""
+    import boto3
+    import s3fs
+
+    with moto_server() as port:
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+        boto3.client("s3").create_bucket(Bucket="bench")
+        url = "s3://bench/store"
+        for f in files_under(local):
+            (epath.Path(url) / str(f.relative_to(local))).write_bytes(f.read_bytes())
+        warm_cache(local)
+        for delay in delays_ms:
+            with DelayProxy("127.0.0.1", port, delay / 1000) as proxy:
+                os.environ["AWS_ENDPOINT_URL"] = proxy.url
+                s3fs.S3FileSystem.clear_instance_cache()
+                disk = time_pipeline(store_dataset(str(local), bs, 0), bs, batches)
+                remote = time_pipeline(store_dataset(url, bs, 0), bs, batches)
+            emit(figure="pipeline_s3", delay_ms=delay, batch_size=bs,
+                 local_samples_per_s=round(disk), s3_samples_per_s=round(remote),
+                 vs_local=round(remote / disk, 2))
+
+
 def main(argv):
     del argv
     size, bs, n = FLAGS.image_size, FLAGS.batch_size, FLAGS.batches
@@ -192,14 +261,21 @@ def main(argv):
         emit(figure="bytes_per_sample", impl="store", codec=codec,
              bytes=round(dir_bytes(out / "images") / len(ids)))
         for workers in map(int, FLAGS.workers):
-            ds = lambda: pipeline.train_dataset(  # noqa: E731
-                run_data.whole_store(str(out)).sources, batch_size=bs, seed=0,
-                num_workers=workers)
+            ds = lambda: store_dataset(str(out), bs, workers)  # noqa: E731
             measure_pipeline(ds, out, bs, n, cold_batches, workers,
                              impl="store", codec=codec)
     for workers in map(int, FLAGS.workers):
         ds = lambda: png_dataset(raw / "train", ids, bs, workers)  # noqa: E731
         measure_pipeline(ds, raw / "train", bs, n, cold_batches, workers, impl="png_quads")
+    if FLAGS.remote_delays_ms:
+        local = work / f"store_{store.DEFAULT_CODEC}"
+        if FLAGS.remote_shard_samples:
+            local = work / f"store_shard{FLAGS.remote_shard_samples}"
+            convert.convert(convert.Options(
+                format="kaggle", input_dir=raw / "train", output_dir=local,
+                labels_csv=raw / "train.csv", image_size=size, workers=2,
+                shard_samples=FLAGS.remote_shard_samples))
+        bench_remote(local, bs, n, [int(d) for d in FLAGS.remote_delays_ms])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from etils import epath
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 OBJECT_STORES = ("s3", "gs")  # schemes a store or run folder may use
-_EXTRA = {"s3": "s3", "gs": "gcs"}  # the pip extra with each scheme's client
+# Each scheme's fsspec client, and the pip extra that installs it.
+_CLIENTS = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs")}
 
 
 def scheme(location: str | os.PathLike) -> str:
@@ -55,12 +56,12 @@ def location(text: str | os.PathLike, flag: str, schemes: tuple[str, ...] = OBJE
 
 def _check_client(kind: str, flag: str, text: str) -> None:
     """Refuses a URL whose fsspec client (s3fs, gcsfs) is not installed, saying which extra."""
-    module = {"s3": "s3fs", "gs": "gcsfs"}[kind]
+    module, extra = _CLIENTS[kind]
     try:
         __import__(module)
     except ImportError:
         raise ValueError(f"{flag}={text}: {kind}:// needs {module}: pip install "
-                         f"'hpajax[{_EXTRA[kind]}]'") from None
+                         f"'hpajax[{extra}]'") from None
 
 
 def local_path(text: str | os.PathLike, flag: str) -> pathlib.Path:

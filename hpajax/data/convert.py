@@ -2,12 +2,12 @@
 
 The conversion is planned first (label file and file listing checked, every
 input file stat-ed and fingerprinted), then worker processes each decode a
-shard's samples and write that shard, an atomic file or object. The output may
-be a local folder or an ``s3://``/``gs://`` prefix: everything is written
-through TensorStore and ``etils.epath``, and nothing relies on renames. Shards are recorded in
-a progress file as they complete in order, so a conversion killed at any
-moment resumes after its last recorded shard and ends bit-identical to an
-uninterrupted one. The fingerprint (inputs, their sizes and mtimes, options)
+shard's samples and write that shard, an atomic file or object. Shards are
+recorded in a progress file as they complete in order, so a conversion killed
+at any moment resumes after its last recorded shard and ends bit-identical to
+an uninterrupted one. The output may be a local folder or an ``s3://`` or
+``gs://`` prefix: everything is written through TensorStore and
+``etils.epath``, and nothing relies on renames. The fingerprint (inputs, their sizes and mtimes, options)
 guards the resume and makes rerunning a finished conversion a no-op.
 
 Bad samples never reach a finished store: they are listed with the file or
@@ -357,8 +357,8 @@ def _finish(plan: Plan, progress: dict, opts: Options) -> Result:
 def _compact(out: epath.Path, good: list[int], plan: Plan, progress: dict, codec: str) -> None:
     """Rewrites the image array without the bad rows.
 
-    Object storage has no rename, so the good rows are copied to ``images.compact``
-    and back into a new ``images``; each completed stage is recorded in the
+    Object storage has no rename, so the good rows are copied to ``compacted`` and
+    back into a new ``images``; each completed stage is recorded in the
     progress file, so a kill anywhere is finished by the next run.
     """
     size, k = plan.spec.image_size, plan.shard_samples
