@@ -23,6 +23,10 @@ from hpajax.data import open_store
 
 SIZE = 80  # stored side; the seed CNN's input is a 76 px crop of it
 CROP = 76
+# The tiny config's seed CNN cut to its first two blocks (8 and 16 filters; same head): the
+# same layers, steps and ingredients, and training steps that compile faster (compilation
+# is most of this file's time).
+FILTERS = (8, 16)
 
 
 def ingredients_config(kaggle: pathlib.Path, external: pathlib.Path, exclude: pathlib.Path,
@@ -31,7 +35,7 @@ def ingredients_config(kaggle: pathlib.Path, external: pathlib.Path, exclude: pa
         "data.sources": (f"{kaggle}:train:1", f"{external}:all:2"),
         "data.exclude": str(exclude), "data.oversample": 0.5, "data.input_size": CROP,
         "augment.crop": True, "loss": "focal+0.5*lovasz", "ema_decay": 0.9, "tta": 2,
-        **overrides})
+        "model.filters": FILTERS, **overrides})
 
 
 def records(workdir: pathlib.Path, split: str) -> list[dict]:
@@ -106,20 +110,21 @@ def test_evaluate_and_predict_use_the_average_with_tta_and_rate_thresholds(runs,
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The tiny model's steps with an EMA of decay 0.9 and 4-view TTA, on an 80 px store."""
-    store = synthetic_store(tmp_path_factory.mktemp("built"), 24, SIZE, seed=3)
-    config = tiny_config(store, ema_decay=0.9, tta=4)
-    steps = steps_lib.build(config, steps_lib.make_mesh(config.batch_size), (SIZE, SIZE, 4))
-    batch = {"image": np.asarray(open_store(store).images[:8].read().result()),
-             "label": np.zeros((8, 28), np.uint8), "mask": np.ones(8, bool)}
+def averaged(runs):
+    """The runs' steps (every ingredient, with an EMA of decay 0.9: the training step compiled
+    for the runs) and a training batch of 8 of the kaggle store's 80 px images."""
+    _, config = runs
+    steps = steps_lib.build(config, steps_lib.make_mesh(config.batch_size), (CROP, CROP, 4))
+    batch = {"image": np.asarray(open_store(config.data.store).images[:8].read().result()),
+             "label": np.zeros((8, 28), np.uint8)}
     return steps, batch
 
 
-def test_the_moving_average_follows_the_formula(built):
-    steps, batch = built
+def test_the_moving_average_follows_the_formula(averaged):
+    steps, batch = averaged
+    assert steps.config.ema_decay == 0.9
     state = steps_lib.init_state(steps)
-    before = jax.device_get(state.params)
+    before = initial = jax.device_get(state.params)
     assert steps_lib.served(state).params is state.ema["params"]
     for t in range(3):
         state, _ = steps.train(state, steps_lib.to_device(steps, batch),
@@ -129,6 +134,20 @@ def test_the_moving_average_follows_the_formula(built):
         before = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, before, after)
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7),
                  jax.device_get(state.ema["params"]), before)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), after, initial))
+    assert max(moved) > 1e-4  # the steps moved the weights: not an average of a constant
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The model's steps with an EMA of decay 0.9 and 4-view TTA, on a 76 px store: the runs'
+    model input side, so that the model's initialization is the one compiled for them."""
+    store = synthetic_store(tmp_path_factory.mktemp("built"), 24, CROP, seed=3)
+    config = tiny_config(store, ema_decay=0.9, tta=4, **{"model.filters": FILTERS})
+    steps = steps_lib.build(config, steps_lib.make_mesh(config.batch_size), (CROP, CROP, 4))
+    batch = {"image": np.asarray(open_store(store).images[:8].read().result()),
+             "label": np.zeros((8, 28), np.uint8), "mask": np.ones(8, bool)}
+    return steps, batch
 
 
 def test_tta_evaluation_is_the_mean_over_the_views_one_by_one(built):
@@ -139,6 +158,6 @@ def test_tta_evaluation_is_the_mean_over_the_views_one_by_one(built):
     views = [batch["image"], batch["image"][:, :, ::-1], batch["image"][:, ::-1],
              batch["image"][:, ::-1, ::-1]]  # identity, left-right, top-bottom, both
     want = np.mean([jax.nn.sigmoid(steps.model.apply(
-        variables, steps_lib.model_input(jnp.asarray(np.ascontiguousarray(v)), SIZE),
+        variables, steps_lib.model_input(jnp.asarray(np.ascontiguousarray(v)), CROP),
         train=False)) for v in views], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
