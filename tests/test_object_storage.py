@@ -24,6 +24,7 @@ from etils import epath
 
 from hpajax import train
 from hpajax.data import open_store, split, summary
+from hpajax.data.run_data import open_run_data
 from hpajax.data import store as storelib
 
 CONVERT = [PYTHON, str(REPO / "tools" / "convert.py"), "--image_size=32", "--shard_samples=4"]
@@ -158,6 +159,30 @@ def test_an_unreachable_s3_endpoint_fails_naming_the_url(monkeypatch, s3_bucket)
             open_store(f"{s3_bucket}/anything")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_tensorstore_gives_up_on_an_unreachable_endpoint_after_bounded_retries(monkeypatch,
+                                                                              s3_bucket):
+    """TensorStore's defaults (32 retries, backoff up to 32 s) would stall for minutes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    with pytest.raises(ValueError, match="anything.*All 4 retry attempts failed"):
+        storelib.open_images(f"{s3_bucket}/anything")
+
+
+def test_training_sources_may_name_bucket_stores(raw, local_store, bucket):
+    url = f"{bucket}/stores/sources"
+    assert run([*CONVERT, *convert_args(raw, "train", url)]).returncode == 0
+    local_copy = shutil.copytree(local_store, raw / f"sources_{bucket[:2]}")
+    split.split_store(local_copy)
+    config = tiny_config(local_copy)
+    config.data.sources = (f"{url}:all:1", f"{local_copy}:train:2")
+    data = open_run_data(config.data)
+    assert [str(s.store.path) for s in data.sources] == [url, str(local_copy)]
+    assert [s.weight for s in data.sources] == [1.0, 2.0] and len(data.sources[0].rows) == 40
+    assert data.fingerprint()["sources"][0]["store"] == url
 
 
 @pytest.mark.parametrize("url", ["http://host/store", "ftp://host/store", "hdfs://nn/store"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from hpajax import files
 
-# Attempts after the first, and the exponential backoff between them.
+# TensorStore's retry bound and backoff (its defaults: 32 retries, 1 s up to 32 s).
 _RETRIES = {"max_retries": 4, "initial_delay": "100ms", "max_delay": "2s"}
 # TensorStore's HTTP settings, read from the environment when it first connects.
 _CURL_DEFAULTS = {"TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS": "5",  # per attempt
