@@ -25,7 +25,8 @@ from hpajax.data.convert import ConversionError
 
 config_flags.DEFINE_config_file("config", None, "Training config file (get_config()); "
                                 "override fields with --config.field=value.")
-flags.DEFINE_string("workdir", "runs/demo", "Directory for everything the command writes.")
+flags.DEFINE_string("workdir", "runs/demo", "Folder for everything the command writes: local "
+                    "or gs:// (s3:// is refused: Orbax cannot write checkpoints there).")
 flags.DEFINE_integer("num_samples", 2000, "demo: synthetic samples to generate.")
 flags.DEFINE_integer("image_size", 128, "demo: image side in pixels.")
 flags.DEFINE_integer("seed", 0, "demo: seed for data generation and splitting.")
@@ -47,7 +48,8 @@ flags.DEFINE_enum("thresholds", report.USE, list(report.PREDICTION_THRESHOLDS),
                   "predict: guarded (tuned on validation, rare classes rate-matched), "
                   "tuned_on_val, rate (each class predicted at its training frequency on the "
                   "predicted set) or 0.5.")
-flags.DEFINE_string("input", None, "predict: a converted store or a folder of Kaggle PNG quads.")
+flags.DEFINE_string("input", None, "predict: a converted store (local, s3://, gs://) or a local "
+                    "folder of Kaggle PNG quads.")
 flags.DEFINE_string("output_dir", None, "predict: output folder (default: WORKDIR/predictions).")
 flags.DEFINE_string("ids_csv", None, "predict: CSV with an Id column (e.g. sample_submission.csv) "
                     "giving the images and their order; default: every quad in --input.")

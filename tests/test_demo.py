@@ -43,12 +43,16 @@ def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path):
 def test_bench_data_prints_one_json_line_per_figure(tmp_path):
     r = subprocess.run([PYTHON, str(REPO / "experiments" / "bench_data.py"),
                         f"--workdir={tmp_path}", "--num_samples=96", "--image_size=32",
-                        "--batches=2", "--codecs=zstd1", "--workers=0"],
+                        "--batches=2", "--codecs=zstd1", "--workers=0",
+                        "--remote_delays_ms=20"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     figures = {(d["figure"], d.get("impl"), d.get("workers")) for d in lines}
     assert {("memcpy", None, None), ("convert", "pil_loop_1proc", None),
             ("convert", "hpajax", 1), ("convert", "hpajax", 2),
-            ("pipeline", "store", 0), ("pipeline", "png_quads", 0)} <= figures
+            ("pipeline", "store", 0), ("pipeline", "png_quads", 0),
+            ("pipeline_s3", None, None)} <= figures
     assert all(d["bench"] == "data" for d in lines)
+    [remote] = [d for d in lines if d["figure"] == "pipeline_s3"]
+    assert remote["delay_ms"] == 20 and remote["s3_samples_per_s"] > 0

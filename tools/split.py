@@ -20,7 +20,8 @@ from absl import app, flags
 
 from hpajax.data import split
 
-_STORE = flags.DEFINE_string("store", None, "Labelled hpajax store directory.", required=True)
+_STORE = flags.DEFINE_string("store", None, "Labelled hpajax store: a folder, s3:// or gs://.",
+                             required=True)
 _FRACTIONS = flags.DEFINE_list("fractions", "0.7,0.1,0.2", "Share of each part; sum 1.")
 _PARTS = flags.DEFINE_list("parts", "train,val,test", "Part names, one per fraction.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the split.")
