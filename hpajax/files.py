@@ -45,9 +45,9 @@ def location(text: str | os.PathLike, flag: str, schemes: tuple[str, ...] = OBJE
     if kind == "file":
         return epath.Path(text[len("file://"):])
     if kind and kind not in schemes:
-        allowed = " or ".join(f"{s}://" for s in schemes) or "no"
+        allowed = " or ".join(f"{s}://" for s in schemes)
         raise ValueError(f"{flag}={text}: {kind}:// locations are not supported here (a local "
-                         f"path, or {allowed} URLs)")
+                         + (f"path or a {allowed} URL)" if schemes else "path only)"))
     if kind:
         _check_client(kind, flag, text)
         text = f"{kind}://{text[len(kind) + 3:]}"  # GS://b -> gs://b
