@@ -6,11 +6,16 @@ seeds, the largest deviation of any class count and any part size from its
 ideal share (fraction x count), in samples.
 
   .venv/bin/python experiments/bench_split.py [--csv=tests/data/hpa2019/train.csv] [--seeds=3]
+  .venv/bin/python experiments/bench_split.py --csv=HPAv18RGBY_ENSG.csv --group_by=gene
+
+With ``--group_by=gene|antibody`` (HPAv18 Ids) the splits keep each group in one
+part, and each line also counts the groups found on more than one side (0).
 
 ``iterstrat`` (pip package ``iterative-stratification``) is only a comparison
 here, not a dependency; its lines are replaced by a note when it is missing.
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -26,25 +31,28 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CSV = flags.DEFINE_string("csv", str(_REPO / "tests/data/hpa2019/train.csv"),
                            "Kaggle train.csv (Id,Target).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per implementation and split (0..seeds-1).")
+_GROUP_BY = flags.DEFINE_enum("group_by", "none", ["none", *split.ID_GROUPS],
+                              "Keep the Ids' genes or antibodies in one part (HPAv18 Ids).")
 CONFIGS: tuple[tuple[float, ...], ...] = ((0.8, 0.2), (0.7, 0.1, 0.2), (0.2,) * 5)
 
 Splitter = Callable[[np.ndarray, Sequence[float], int], list[np.ndarray]]
 
 
-def read_targets(path: str) -> np.ndarray:
-    """Multi-hot uint8 [N, 28] labels from a Kaggle ``Id,Target`` csv."""
+def read_targets(path: str) -> tuple[list[str], np.ndarray]:
+    """Ids and multi-hot uint8 [N, 28] labels from a Kaggle ``Id,Target`` csv."""
     lines = pathlib.Path(path).read_text().splitlines()[1:]
     labels = np.zeros((len(lines), classes.NUM_CLASSES), np.uint8)
     for row, line in enumerate(lines):
         labels[row, [int(t) for t in line.split(",")[1].split()]] = 1
-    return labels
+    return [line.split(",")[0] for line in lines], labels
 
 
-def hpajax_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+def hpajax_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
+                 groups: Sequence[str] | None = None) -> list[np.ndarray]:
     """Ours: 5 equal fractions use the k-fold entry point."""
     if len(fractions) == 5:
-        return split.stratified_kfold(labels, 5, seed)
-    return split.stratified_split(labels, fractions, seed)
+        return split.stratified_kfold(labels, 5, seed, groups)
+    return split.stratified_split(labels, fractions, seed, groups)
 
 
 def iterstrat_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -72,10 +80,18 @@ def iterstrat_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -
     return [np.flatnonzero(fold == p) for p in range(len(fractions))]
 
 
+def groups_on_two_sides(parts: list[np.ndarray], groups: Sequence[str]) -> int:
+    sides = {}
+    for k, rows in enumerate(parts):
+        for row in rows:
+            sides.setdefault(groups[row], set()).add(k)
+    return sum(len(s) > 1 for s in sides.values())
+
+
 def measure(impl: str, splitter: Splitter, labels: np.ndarray,
-            fractions: Sequence[float], seeds: int) -> dict:
+            fractions: Sequence[float], seeds: int, groups: Sequence[str] | None) -> dict:
     """Mean seconds and worst deviations of one implementation over seeds."""
-    seconds, class_dev, size_dev = [], 0.0, 0.0
+    seconds, class_dev, size_dev, split_groups = [], 0.0, 0.0, 0
     for seed in range(seeds):
         start = time.perf_counter()
         parts = splitter(labels, fractions, seed)
@@ -83,15 +99,23 @@ def measure(impl: str, splitter: Splitter, labels: np.ndarray,
         cdev, sdev = split.split_deviations(labels, parts, fractions)
         class_dev = max(class_dev, float(np.abs(cdev).max()))
         size_dev = max(size_dev, float(np.abs(sdev).max()))
-    return {"bench": "split", "impl": impl, "fractions": list(fractions), "seeds": seeds,
-            "seconds": round(float(np.mean(seconds)), 3),
-            "max_class_dev": round(class_dev, 3), "max_size_dev": round(size_dev, 3)}
+        if groups is not None:
+            split_groups = max(split_groups, groups_on_two_sides(parts, groups))
+    out = {"bench": "split", "impl": impl, "fractions": list(fractions), "seeds": seeds,
+           "seconds": round(float(np.mean(seconds)), 3),
+           "max_class_dev": round(class_dev, 3), "max_size_dev": round(size_dev, 3)}
+    if groups is not None:
+        out.update(group_by=_GROUP_BY.value, groups=len(set(groups)),
+                   groups_on_two_sides=split_groups)
+    return out
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    labels = read_targets(_CSV.value)
-    impls: list[tuple[str, Splitter]] = [("hpajax", hpajax_split)]
+    ids, labels = read_targets(_CSV.value)
+    groups = None if _GROUP_BY.value == "none" else split.groups_from_ids(ids, _GROUP_BY.value)
+    impls: list[tuple[str, Splitter]] = [
+        ("hpajax", functools.partial(hpajax_split, groups=groups))]
     try:
         import iterstrat  # noqa: F401  (comparison only)
         impls.append(("iterstrat", iterstrat_split))
@@ -100,7 +124,8 @@ def main(argv: Sequence[str]) -> None:
                           "note": "iterative-stratification not installed; skipped"}))
     for fractions in CONFIGS:
         for impl, splitter in impls:
-            print(json.dumps(measure(impl, splitter, labels, fractions, _SEEDS.value)), flush=True)
+            print(json.dumps(measure(impl, splitter, labels, fractions, _SEEDS.value, groups)),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from hpajax import classes
 from hpajax.data import split, store
-from conftest import DATA, REPO
+from conftest import DATA, PYTHON, REPO
 
 KAGGLE_CSV = DATA / "hpa2019" / "train.csv"
 # Deviations are differences of floats; allow for rounding at exactly one sample.
@@ -358,3 +358,18 @@ def test_cli_names_the_row_of_an_id_without_a_gene(tiny_stores):
     assert result.returncode != 0
     assert "tools/split.py: error: row 0: Id 's0' has no gene" in result.stderr
     assert not (labelled / store.SPLITS).exists()
+
+
+def test_bench_split_keeps_hpav18_antibodies_in_one_part():
+    """experiments/bench_split.py --group_by on the repository's HPAv18 list: every
+    split of ours leaves no antibody on two sides, within its size bound."""
+    r = subprocess.run([PYTHON, str(REPO / "experiments" / "bench_split.py"),
+                        f"--csv={DATA / 'hpa2019' / 'HPAv18RBGY_wodpl.csv'}",
+                        "--group_by=antibody", "--seeds=1"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ours = [json.loads(line) for line in r.stdout.splitlines() if '"hpajax"' in line]
+    assert [d["fractions"] for d in ours] == [[0.8, 0.2], [0.7, 0.1, 0.2], [0.2] * 5]
+    for d in ours:
+        assert d["groups"] == 12815 and d["groups_on_two_sides"] == 0
+        assert d["max_size_dev"] <= 2 and d["max_class_dev"] <= 4
