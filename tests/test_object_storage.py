@@ -146,13 +146,17 @@ def test_a_missing_bucket_is_a_clear_error_naming_the_url(raw, bucket):
         r.stderr[-2000:]
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_an_unreachable_s3_endpoint_fails_naming_the_url(monkeypatch, s3_bucket):
     import s3fs
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         with pytest.raises(storelib.StoreError, match=f"{s3_bucket}/anything"):
@@ -164,10 +168,7 @@ def test_an_unreachable_s3_endpoint_fails_naming_the_url(monkeypatch, s3_bucket)
 def test_tensorstore_gives_up_on_an_unreachable_endpoint_after_bounded_retries(monkeypatch,
                                                                               s3_bucket):
     """TensorStore's defaults (32 retries, backoff up to 32 s) would stall for minutes."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(ValueError, match="anything.*All 4 retry attempts failed"):
         storelib.open_images(f"{s3_bucket}/anything")
 
