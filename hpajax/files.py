@@ -8,6 +8,7 @@ would silently turn ``s3://bucket/x`` into a local folder ``s3:/bucket/x``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -68,6 +69,18 @@ def local_path(text: str | os.PathLike, flag: str) -> pathlib.Path:
     """``text`` as a local path (``file://`` URLs too); a ValueError naming ``flag`` for any
     URL, for inputs that must be on this machine."""
     return pathlib.Path(location(text, flag, schemes=()))
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a failed read or write raises: OS errors, TensorStore's ValueErrors, and the
+    object-storage clients' own (botocore's for s3fs, aiohttp's for s3fs and gcsfs)."""
+    errors: list[type[BaseException]] = [OSError, ValueError]
+    for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            pass
+    return tuple(errors)
 
 
 def make_folder(path: str | os.PathLike) -> None:

@@ -56,8 +56,9 @@ def prepare(workdir: str | os.PathLike) -> epath.Path:
         files.make_folder(path)
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--workdir={path}: cannot write there ({e.strerror or e})") from None
+    except files.storage_errors() as e:
+        why = getattr(e, "strerror", None) or e
+        raise ValueError(f"--workdir={path}: cannot write there ({why})") from None
     return path
 
 

@@ -7,8 +7,9 @@ recorded in a progress file as they complete in order, so a conversion killed
 at any moment resumes after its last recorded shard and ends bit-identical to
 an uninterrupted one. The output may be a local folder or an ``s3://`` or
 ``gs://`` prefix: everything is written through TensorStore and
-``etils.epath``, and nothing relies on renames. The fingerprint (inputs, their sizes and mtimes, options)
-guards the resume and makes rerunning a finished conversion a no-op.
+``etils.epath``, and nothing relies on renames. The fingerprint (inputs, their
+sizes and mtimes, options) guards the resume and makes rerunning a finished
+conversion a no-op.
 
 Bad samples never reach a finished store: they are listed with the file or
 CSV line and the reason, and the store is finalized only if there are none,
@@ -100,7 +101,7 @@ def convert(opts: Options) -> Result:
         progress = _start_or_resume(out, plan, opts)
         progress = _convert_images(plan, progress, opts)
         return _finish(plan, progress, opts)
-    except (OSError, ValueError) as e:  # a full disk, a missing bucket, refused credentials
+    except storelib.storage_errors() as e:  # a full disk, a missing bucket, bad credentials
         raise ConversionError(f"--output_dir={out}: cannot write the store: {e}") from None
 
 

@@ -33,7 +33,7 @@ from etils import epath
 
 from hpajax import classes
 from hpajax.data import kvstores
-from hpajax.files import location, make_folder, write_atomic, write_json
+from hpajax.files import location, make_folder, storage_errors, write_atomic, write_json
 
 IMAGES = "images"
 IDS = "ids.txt"
@@ -185,7 +185,7 @@ def open_store(path: str | os.PathLike) -> Store:
         images = open_images(path)
     except StoreError:
         raise
-    except (OSError, ValueError) as e:  # a bucket, endpoint or credentials problem
+    except storage_errors() as e:  # a bucket, endpoint or credentials problem
         raise StoreError(f"{path}: cannot read the store: {e}") from None
     n = len(ids)
     if images.shape[0] != n:
