@@ -89,6 +89,30 @@ def write_quads(directory: pathlib.Path, ids, size: int = 32, seed: int = 0) -> 
     return arrays
 
 
+# tools/convert.py, SIGKILLed at the N-th call of a hook: python -c CONVERT_KILLER HOOK N ARGS
+CONVERT_KILLER = r"""
+import os, runpy, signal, sys
+from hpajax.data import convert, store
+hook, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def killing(fn):
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapped
+if hook == "shard":     # workers writing shards, the progress not yet recorded
+    store.write_json = killing(store.write_json)
+elif hook == "replace": # a progress file written but not yet renamed into place
+    os.replace = killing(os.replace)
+else:                   # compacted images written, not yet copied back
+    store.create_images = killing(store.create_images)
+sys.argv = ["convert"] + sys.argv[3:]
+runpy.run_path("tools/convert.py", run_name="__main__")  # the tool, as a script
+"""
+
+
 def store_tree(location) -> dict:
     """Every file's (object's) bytes under a store (local or in a bucket), keyed by its
     path in the store; the metadata less the command line that made it."""
@@ -107,11 +131,15 @@ def store_tree(location) -> dict:
 
 
 def run_records(workdir) -> list[dict]:
-    """A run's metrics.jsonl (local or in a bucket) less the wall-clock speed."""
-    from hpajax.records import read_records
+    """A run's metrics.jsonl (local or in a bucket) less the wall-clock speed, every line
+    parsed: a torn line fails the comparison instead of being dropped."""
+    import json
 
-    return [{k: v for k, v in r.items() if k != "images_per_s"}
-            for r in read_records(f"{workdir}/metrics.jsonl")]
+    from etils import epath
+
+    lines = epath.Path(f"{workdir}/metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in lines]
 
 
 def write_csv(path: pathlib.Path, rows) -> pathlib.Path:

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, DATA, CHANNELS, store_tree, write_csv, write_quads
+from conftest import (CHANNELS, CONVERT_KILLER, DATA, PYTHON, REPO, store_tree, write_csv,
+                      write_quads)
 from PIL import Image
 
 from hpajax.data import convert, open_store
@@ -325,27 +326,6 @@ def test_open_store_checks_labels_npy(defect, tmp_path):
 
 # ----------------------------------------------------------- resume
 
-KILLER = r"""
-import os, runpy, signal, sys
-from hpajax.data import convert, store
-hook, n = sys.argv[1], int(sys.argv[2])
-calls = [0]
-def killing(fn):
-    def wrapped(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return fn(*args, **kwargs)
-    return wrapped
-if hook == "shard":     # workers writing shards, the progress not yet recorded
-    store.write_json = killing(store.write_json)
-elif hook == "replace": # a progress file written but not yet renamed into place
-    os.replace = killing(os.replace)
-else:                   # compacted images written, not yet copied back
-    store.create_images = killing(store.create_images)
-sys.argv = ["convert"] + sys.argv[3:]
-runpy.run_path("tools/convert.py", run_name="__main__")  # the tool, as a script
-"""
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
@@ -360,7 +340,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     out = tmp_path / "st"
     kills = [("shard", 3), ("replace", 4), ("shard", 3)]
     for hook, n in kills:
-        proc = subprocess.run([PYTHON, "-c", KILLER, hook, str(n), *args, f"--output_dir={out}"],
+        proc = subprocess.run([PYTHON, "-c", CONVERT_KILLER, hook, str(n), *args, f"--output_dir={out}"],
                               cwd=REPO, capture_output=True, start_new_session=True)
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
         assert not (out / storelib.METADATA).exists()
@@ -404,7 +384,7 @@ def test_sigkill_while_compacting_out_bad_samples_then_resume(kaggle_set, tmp_pa
     args = [f"--input_dir={train}", f"--labels_csv={csv_path}", "--image_size=32",
             "--shard_samples=4", "--workers=2", "--skip_bad", f"--output_dir={out}"]
     # create_images: 1 the array, 2 the compacted copy, 3 the copy back (killed)
-    proc = subprocess.run([PYTHON, "-c", KILLER, "compact", "3", *args],
+    proc = subprocess.run([PYTHON, "-c", CONVERT_KILLER, "compact", "3", *args],
                           cwd=REPO, capture_output=True, start_new_session=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert (out / convert.COMPACT).is_dir() and not (out / storelib.METADATA).exists()

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, synthetic_store, tiny_config
+from conftest import PYTHON, REPO, run_records, synthetic_store, tiny_config
 
 from hpajax import checkpointing, inference, logs, train
 from hpajax import steps as steps_lib
@@ -33,13 +33,6 @@ def uninterrupted(store, tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("uninterrupted")
     train.train_and_evaluate(tiny_config(store, **STEPS), str(workdir))
     return workdir
-
-
-def records(workdir) -> list[dict]:
-    """metrics.jsonl without the wall-clock speed, which differs between runs."""
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-            for line in lines]
 
 
 def command(store, workdir, **overrides) -> list[str]:
@@ -78,7 +71,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(store, uninterrupted, tm
     r = subprocess.run(command(store, tmp_path), cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert records(tmp_path) == records(uninterrupted)  # same shas, losses, metrics, once each
+    assert run_records(tmp_path) == run_records(uninterrupted)  # same shas, losses, metrics, once each
 
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(store, uninterrupted, tmp_path):
@@ -91,13 +84,13 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(store, uninterrupted, tmp_
                        timeout=300)
     assert r.returncode == 0 and f"at step {step}" in r.stdout, r.stderr[-3000:]
     extra = {"step": step, "split": "checkpoint"}  # the preemption checkpoint's record
-    assert [r for r in records(tmp_path)
-            if {k: r[k] for k in extra} != extra] == records(uninterrupted)
+    assert [r for r in run_records(tmp_path)
+            if {k: r[k] for k in extra} != extra] == run_records(uninterrupted)
 
 
 def test_nan_stops_naming_the_step_and_ids_and_keeps_the_last_good_checkpoint(store, tmp_path):
     train.train_and_evaluate(tiny_config(store, total_steps=3), str(tmp_path))
-    good = [r["params_sha256"] for r in records(tmp_path) if r["split"] == "checkpoint"]
+    good = [r["params_sha256"] for r in run_records(tmp_path) if r["split"] == "checkpoint"]
     exploding = tiny_config(store, **{"optimizer.learning_rate": 1e30, "total_steps": 9})
     with pytest.raises(FloatingPointError, match=r"step \d+: NaN or Inf .* sample Ids: \w+"):
         train.train_and_evaluate(exploding, str(tmp_path))
@@ -115,7 +108,7 @@ def test_skipping_cannot_hide_diverged_weights(store, tmp_path, capsys):
                                                  "validation split are NaN or Inf"):
         train.train_and_evaluate(exploding, str(tmp_path))
     assert "warning: step 2: NaN or Inf in the loss or gradients" in capsys.readouterr().out
-    [logged] = [r for r in records(tmp_path) if r["split"] == "train"]
+    [logged] = [r for r in run_records(tmp_path) if r["split"] == "train"]
     assert logged["step"] == 2 and logged["nonfinite_steps"] == 1
 
 
@@ -159,20 +152,20 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(store, uninterru
     out = capsys.readouterr().out
     assert "warning: checkpoint 6 in" in out and "is unusable" in out and "at step 3" in out
     assert len(list((tmp_path / "damaged").iterdir())) == 1
-    assert records(tmp_path) == records(uninterrupted)
+    assert run_records(tmp_path) == run_records(uninterrupted)
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_the_resume_proceeds(store, tmp_path, capsys):
     """A kill or a full disk in the middle of an append leaves half a record."""
     train.train_and_evaluate(tiny_config(store, **{**STEPS, "total_steps": 3}), str(tmp_path))
-    before = records(tmp_path)
+    before = run_records(tmp_path)
     path = tmp_path / "metrics.jsonl"
     with open(path, "a") as f:
         f.write('{"step": 4, "split": "train", "lo')
     train.train_and_evaluate(tiny_config(store, **{**STEPS, "total_steps": 6}), str(tmp_path))
     torn = len(before) + 1
     assert f"warning: {path}:{torn}: incomplete last line dropped" in capsys.readouterr().out
-    after = records(tmp_path)
+    after = run_records(tmp_path)
     assert after[:len(before)] == before
     assert [(r["step"], r["split"]) for r in after[len(before):]] == [
         (4, "train"), (6, "train"), (6, "val"), (6, "checkpoint")]

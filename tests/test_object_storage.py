@@ -18,8 +18,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import (PYTHON, REPO, run_records, store_tree, synthetic_store, tiny_config,
-                      write_csv, write_quads)
+from conftest import (CONVERT_KILLER, PYTHON, REPO, run_records, store_tree, synthetic_store,
+                      tiny_config, write_csv, write_quads)
 from etils import epath
 
 from hpajax import train
@@ -82,28 +82,11 @@ def test_a_store_converted_into_a_bucket_is_the_local_store_and_reads_the_same(
     assert f"store      {url}" in summary.describe(remote)
 
 
-KILL_AT_THIRD_PROGRESS = r"""
-import os, runpy, signal, sys
-from hpajax.data import store
-calls = [0]
-def killing(fn):
-    def wrapped(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return fn(*args, **kwargs)
-    return wrapped
-store.write_json = killing(store.write_json)  # the progress object after the 2nd shard
-sys.argv = ["convert"] + sys.argv[1:]
-runpy.run_path("tools/convert.py", run_name="__main__")
-"""
-
-
 def test_sigkill_mid_conversion_into_a_bucket_then_resume_gives_the_same_store(
         raw, local_store, bucket):
     url = f"{bucket}/stores/killed"
     args = ["--image_size=32", "--shard_samples=4", *convert_args(raw, "train", url)]
-    killed = run([PYTHON, "-c", KILL_AT_THIRD_PROGRESS, *args])
+    killed = run([PYTHON, "-c", CONVERT_KILLER, "shard", "3", *args])  # after the 2nd shard
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with pytest.raises(storelib.StoreError, match="unfinished conversion"):
         open_store(url)

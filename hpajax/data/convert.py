@@ -40,6 +40,7 @@ from hpajax.data import images as imagelib
 from hpajax.data import labels as labelslib
 from hpajax.data import store as storelib
 from hpajax.data.labels import Problem
+from hpajax.files import make_folder, storage_errors
 
 PROGRESS = ".convert_progress.json"
 COMPACT = "compacted"  # the good rows while the bad ones are compacted away
@@ -101,7 +102,7 @@ def convert(opts: Options) -> Result:
         progress = _start_or_resume(out, plan, opts)
         progress = _convert_images(plan, progress, opts)
         return _finish(plan, progress, opts)
-    except storelib.storage_errors() as e:  # a full disk, a missing bucket, bad credentials
+    except storage_errors() as e:  # a full disk, a missing bucket, bad credentials
         raise ConversionError(f"--output_dir={out}: cannot write the store: {e}") from None
 
 
@@ -242,7 +243,7 @@ def _start_or_resume(out: epath.Path, plan: Plan, opts: Options) -> dict:
         raise ConversionError(
             f"--output_dir={out} is not empty and holds no hpajax conversion; "
             "refusing to write into it")
-    storelib.make_folder(out)
+    make_folder(out)
     progress = {"fingerprint": plan.fingerprint, "shards": 0, "bad": []}
     storelib.write_json(progress_path, progress)
     storelib.create_images(out, max(len(plan.ids), 1), plan.spec.image_size,
