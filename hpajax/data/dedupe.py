@@ -34,12 +34,13 @@ from hpajax.data import store as storelib
 from hpajax.data.labels import read_csv_rows
 from hpajax.files import write_atomic
 
-# The stains that draw the field's cells; 32 px separated no better (distinct
-# pairs at most 0.713, copies 0.992) for 4x the memory and matching time.
+# The stains that draw the field's cells; 32 px separates only slightly better, for 4x
+# the memory and matching time (BENCHMARKS.md, "Near-duplicates across stores").
 SIGNATURE_CHANNELS: tuple[str, ...] = ("red", "blue", "yellow")
 SIGNATURE_SIZE = 16
-# In the measured gap (0.764 to 0.997), nearer the copies: real sets have a thousand
-# times more distinct pairs, so a higher best one, and copies milder than those measured.
+# In the measured gap between the best distinct pair and the worst copy (BENCHMARKS.md),
+# nearer the copies: real sets have a thousand times more distinct pairs, so a higher
+# best one, and copies milder than those measured.
 THRESHOLD = 0.9
 HEADER = ("Id", "duplicate_of", "score")
 # Histogram bins of the summary, as offsets from the threshold.
