@@ -20,7 +20,7 @@ from etils import epath
 from hpajax import checkpointing, classes, evaluate, inference, logs, losses, preemption
 from hpajax import steps as steps_lib
 from hpajax import workdir as workdir_lib
-from hpajax.data import pipeline
+from hpajax.data import pipeline, sources
 from hpajax.data.run_data import RunData, open_run_data
 from hpajax.files import write_atomic
 from hpajax.models import weights
@@ -109,7 +109,7 @@ def log_drawn_frequencies(log: logs.MetricsLog, data: RunData, seed: int) -> Non
     much, from the draw plan alone (no image is read).
     """
     epoch = sum(len(s.rows) for s in data.sources)
-    drawn = pipeline.drawn_label_frequency(data.sources, seed, epoch)
+    drawn = sources.drawn_label_frequency(data.sources, seed, epoch)
     rows = data.train_labels().mean(0)
     log.write(0, "data", {"drawn_frequency": drawn.tolist(), "store_frequency": rows.tolist()})
     rarest = np.argsort(np.where(rows > 0, rows, np.inf))[:3]

@@ -1,4 +1,5 @@
-"""Tests of mixed training (several sources drawn per sample by weight) in hpajax.data.pipeline."""
+"""Tests of mixed training (several sources drawn per sample by weight): the draw plan of
+hpajax.data.sources and the batches hpajax.data.pipeline reads from it."""
 
 import json
 
@@ -8,7 +9,8 @@ import pytest
 
 from hpajax import classes
 from hpajax.data import pipeline, store
-from hpajax.data.run_data import Source
+from hpajax.data import sources as sourcelib
+from hpajax.data.sources import Source
 
 SIZE = 8
 # Store A: 12 samples, all trained on. Store B: 40 samples, 30 trained on
@@ -204,7 +206,7 @@ def test_one_source_keeps_grains_shuffle(b):
     seed, batch, steps = 5, 7, 10  # 70 draws: over two epochs of 30
     batches = take(pipeline.train_dataset([Source(b[0], B_ROWS, 2.5)], batch_size=batch,
                                           seed=seed), steps)
-    order = grain.MapDataset.range(len(B_ROWS)).shuffle(pipeline._shuffle_seed(seed)).repeat()
+    order = grain.MapDataset.range(len(B_ROWS)).shuffle(sourcelib.shuffle_seed(seed)).repeat()
     expected = B_ROWS[[order[i] for i in range(batch * steps)]]
     source, index = draws_of(batches)
     np.testing.assert_array_equal(index, expected)
@@ -223,7 +225,7 @@ def test_drawn_label_frequency_is_that_of_the_drawn_rows(a, b, case):
     source, index = draws_of(take(pipeline.train_dataset(sources, batch_size=6, seed=4), 17))
     stores = [a, b] if len(sources) == 2 else [b]
     labels = np.array([stores[s][2][row] for s, row in zip(source, index)][:num_draws])
-    np.testing.assert_allclose(pipeline.drawn_label_frequency(sources, 4, num_draws),
+    np.testing.assert_allclose(sourcelib.drawn_label_frequency(sources, 4, num_draws),
                                labels.mean(axis=0), rtol=1e-12)
 
 
@@ -278,16 +280,16 @@ def test_refuses_a_weight_too_small_for_any_draw(a, b):
 def test_refuses_bad_draw_weights(a, b, draw_weights, needles):
     refusal(mixed(a, b, a_draw_weights=draw_weights), a[0].path, *needles)
     with pytest.raises(ValueError, match="draw_weights"):
-        pipeline.drawn_label_frequency([Source(a[0], A_ROWS, 1, draw_weights)], 0, 10)
+        sourcelib.drawn_label_frequency([Source(a[0], A_ROWS, 1, draw_weights)], 0, 10)
 
 
 def test_drawn_label_frequency_refuses(a, odd):
     with pytest.raises(ValueError, match="num_draws"):
-        pipeline.drawn_label_frequency([Source(a[0], A_ROWS)], 0, 0)
+        sourcelib.drawn_label_frequency([Source(a[0], A_ROWS)], 0, 0)
     with pytest.raises(ValueError, match="no training sources"):
-        pipeline.drawn_label_frequency([], 0, 5)
+        sourcelib.drawn_label_frequency([], 0, 5)
     with pytest.raises(ValueError, match="no labels"):
-        pipeline.drawn_label_frequency([Source(odd["unlabeled"], [0])], 0, 5)
+        sourcelib.drawn_label_frequency([Source(odd["unlabeled"], [0])], 0, 5)
 
 
 # --- oversample_weights -----------------------------------------------------------
@@ -302,15 +304,15 @@ def test_oversample_weights_formula():
     alpha = 0.5
     # Written out: 1/f^alpha of the rarest class; no class: that of the most common class.
     raw = np.array([0.5 ** -0.5, 0.1 ** -0.5, 0.1 ** -0.5, 0.5 ** -0.5])
-    weights = pipeline.oversample_weights(labels, freq, alpha)
+    weights = sourcelib.oversample_weights(labels, freq, alpha)
     assert weights.dtype == np.float64
     np.testing.assert_allclose(weights, raw / raw.mean(), rtol=1e-12)
     np.testing.assert_allclose(weights.mean(), 1.0)
-    np.testing.assert_array_equal(pipeline.oversample_weights(labels, freq, 0.0), 1.0)
+    np.testing.assert_array_equal(sourcelib.oversample_weights(labels, freq, 0.0), 1.0)
     # Any number of classes.
     few = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], np.uint8)
     raw = np.array([1 / 0.75, 1 / 0.25, 1 / 0.75])
-    np.testing.assert_allclose(pipeline.oversample_weights(few, [0.75, 0.25, 0], 1.0),
+    np.testing.assert_allclose(sourcelib.oversample_weights(few, [0.75, 0.25, 0], 1.0),
                                raw / raw.mean(), rtol=1e-12)
 
 
@@ -319,14 +321,14 @@ def test_oversample_weights_refusals():
     labels[:, 3] = 1
     freq = np.full(classes.NUM_CLASSES, 0.1)
     with pytest.raises(ValueError, match=r"classes \[3\] occur"):
-        pipeline.oversample_weights(labels, np.where(np.arange(28) == 3, 0.0, 0.1), 1.0)
+        sourcelib.oversample_weights(labels, np.where(np.arange(28) == 3, 0.0, 0.1), 1.0)
     with pytest.raises(ValueError, match=r"one per class of labels \(2, 27\)"):
-        pipeline.oversample_weights(labels[:, :27], freq, 1.0)
+        sourcelib.oversample_weights(labels[:, :27], freq, 1.0)
     with pytest.raises(ValueError, match="labels must be"):
-        pipeline.oversample_weights(labels[0], freq, 1.0)
+        sourcelib.oversample_weights(labels[0], freq, 1.0)
     with pytest.raises(ValueError, match="class_frequency"):
-        pipeline.oversample_weights(labels, np.full(classes.NUM_CLASSES, 1.5), 1.0)
+        sourcelib.oversample_weights(labels, np.full(classes.NUM_CLASSES, 1.5), 1.0)
     with pytest.raises(ValueError, match="all zero"):
-        pipeline.oversample_weights(labels * 0, freq * 0, 1.0)
+        sourcelib.oversample_weights(labels * 0, freq * 0, 1.0)
     with pytest.raises(ValueError, match="alpha"):
-        pipeline.oversample_weights(labels, freq, -1.0)
+        sourcelib.oversample_weights(labels, freq, -1.0)

@@ -9,7 +9,7 @@ import tensorstore as ts
 
 from hpajax import classes
 from hpajax.data import pipeline, store
-from hpajax.data.run_data import Source
+from hpajax.data.sources import Source
 
 N, SIZE, CHANNELS = 40, 32, 4
 

@@ -17,18 +17,8 @@ import ml_collections
 import numpy as np
 
 from hpajax.data.dedupe import read_exclusions
-from hpajax.data.pipeline import oversample_weights
+from hpajax.data.sources import Source, oversample_weights
 from hpajax.data.store import Store, StoreError, open_store
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Training samples of one store: its rows and their share of the draws."""
-
-    store: Store
-    rows: np.ndarray  # int64 store rows
-    weight: float = 1.0  # share of the draws, relative to the other sources'
-    draw_weights: np.ndarray | None = None  # per row (oversampling); None: uniform
 
 
 @dataclasses.dataclass(frozen=True)
