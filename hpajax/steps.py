@@ -40,8 +40,9 @@ class TrainState:
     opt_state: Any
     plateau: Any  # optax.contrib.reduce_on_plateau state: the LR scale and its counters
     rng: jax.Array  # raw PRNG key; step t augments with fold_in(rng, t)
-    # With config.ema_decay: {"params", "batch_stats"} of the moving average of the weights,
-    # the model evaluated and served; None without (and then absent from checkpoints).
+    # With config.ema_decay: the moving averages of the weights and of their BatchNorm
+    # statistics, {"params", "batch_stats"}, the model evaluated and served; None without
+    # (and then absent from checkpoints).
     ema: Any = None
 
 
@@ -209,8 +210,7 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
     updated = state.replace(params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
     if state.ema is not None:
-        updated = updated.replace(ema=_ema_update(state.ema, updated.params, state.step,
-                                                  ema_decay))
+        updated = updated.replace(ema=_ema_update(state.ema, updated, state.step, ema_decay))
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
     # One cond, not a select per leaf: XLA:CPU compiles those of a deep backbone very slowly
     # (BENCHMARKS.md, "Backbones").
@@ -223,17 +223,23 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
                                                 state.step, sums["first_nonfinite"])}
 
 
-def _ema_update(ema: dict, params: Any, step: jax.Array, decay: float) -> dict:
-    """The moving average after a step: ``d * ema + (1 - d) * params``.
+def _ema_update(ema: dict, state: TrainState, step: jax.Array, decay: float) -> dict:
+    """The moving averages after a step: ``d * ema + (1 - d) * new`` of the weights and of
+    the BatchNorm running statistics.
 
     ``d`` is ``min(decay, (1 + t) / (10 + t))`` at step ``t`` (TensorFlow's
     ``ExponentialMovingAverage`` with ``num_updates``), so the average leaves
     the initial weights within the first steps instead of after ~1/(1 - decay).
+    The statistics are averaged with the weights (as timm's ``ModelEmaV2``
+    averages the whole state dict) so that the served model has statistics of
+    its training even without ``config.bn_recalibration_batches``, which
+    replaces them with exact ones before each evaluation.
     """
     t = step.astype(jnp.float32)
     d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-    averaged = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema["params"], params)
-    return {**ema, "params": averaged}
+    average = lambda old, new: d * old + (1.0 - d) * new  # noqa: E731
+    return {"params": jax.tree.map(average, ema["params"], state.params),
+            "batch_stats": jax.tree.map(average, ema["batch_stats"], state.batch_stats)}
 
 
 def served(state: TrainState) -> TrainState:
