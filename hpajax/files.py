@@ -73,7 +73,9 @@ def local_path(text: str | os.PathLike, flag: str) -> pathlib.Path:
 
 def storage_errors() -> tuple[type[BaseException], ...]:
     """What a failed read or write raises: OS errors, TensorStore's ValueErrors, and the
-    object-storage clients' own (botocore's for s3fs, aiohttp's for s3fs and gcsfs)."""
+    object-storage clients' own (botocore's for s3fs, aiohttp's for s3fs and gcsfs).
+
+    A ValueError is not always one: ``is_storage_error`` tells them apart."""
     errors: list[type[BaseException]] = [OSError, ValueError]
     for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError")):
         try:
@@ -81,6 +83,25 @@ def storage_errors() -> tuple[type[BaseException], ...]:
         except ImportError:
             pass
     return tuple(errors)
+
+
+# The absl status codes TensorStore's ValueErrors start with ("NOT_FOUND: ..."); it drops
+# only INVALID_ARGUMENT's, the code of a bad spec or index rather than of a failed I/O.
+_TENSORSTORE_STATUS = re.compile(
+    r"(CANCELLED|UNKNOWN|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|"
+    r"RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNAVAILABLE|DATA_LOSS|"
+    r"UNAUTHENTICATED|INTERNAL): ")
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """Whether an error caught with ``storage_errors()`` is a failed read or write.
+
+    Every one is but a ValueError that TensorStore did not raise: a ``StoreError``, a
+    JSON decoding error or any other ValueError says what is wrong itself.
+    """
+    if isinstance(error, ValueError):
+        return type(error) is ValueError and bool(_TENSORSTORE_STATUS.match(str(error)))
+    return isinstance(error, storage_errors())
 
 
 def make_folder(path: str | os.PathLike) -> None:

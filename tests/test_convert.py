@@ -324,6 +324,33 @@ def test_open_store_checks_labels_npy(defect, tmp_path):
     assert f"{tmp_path / 'st' / storelib.LABELS}: {expected}" in str(err.value)
 
 
+def test_a_store_error_inside_a_conversion_keeps_its_own_message(kaggle_set, tmp_path):
+    """Rerunning a finished conversion reopens its store: a damaged labels.npy is named as
+    such, not taken for a failure to write the store."""
+    train, csv_path, _ = kaggle_set
+    out = tmp_path / "st"
+    convert.convert(_opts(train, out, csv_path))
+    np.save(out / storelib.LABELS, np.full((24, 28), 2, np.uint8))
+    with pytest.raises(storelib.StoreError) as err:
+        convert.convert(_opts(train, out, csv_path))
+    assert str(err.value).startswith(f"{out / storelib.LABELS}: values other than 0/1")
+    assert "cannot write the store" not in str(err.value)
+
+
+def test_a_storage_failure_says_it_cannot_write_the_store(kaggle_set, tmp_path):
+    """TensorStore's error (a plain ValueError) opening an image array that is not one."""
+    train, csv_path, _ = kaggle_set
+    out = tmp_path / "st"
+    opts = _opts(train, out, csv_path)
+    out.mkdir()
+    (out / convert.PROGRESS).write_text(json.dumps(
+        {"fingerprint": convert.make_plan(opts).fingerprint, "shards": 0, "bad": []}))
+    (out / storelib.IMAGES).write_text("not an array")
+    with pytest.raises(convert.ConversionError,
+                       match=rf"^--output_dir={out}: cannot write the store: [A-Z_]+: "):
+        convert.convert(opts)
+
+
 # ----------------------------------------------------------- resume
 
 

@@ -5,14 +5,17 @@ supported, and a clear refusal (never a local folder named after a URL) elsewher
 command given a URL it cannot use must say so and create nothing.
 """
 
+import json
 import os
 import pathlib
 import subprocess
 
 import pytest
+import tensorstore as ts
 from conftest import PYTHON, REPO
 
 from hpajax import files, workdir
+from hpajax.data.store import StoreError
 
 
 def test_local_path_keeps_paths_strips_file_urls_and_refuses_every_other_url(tmp_path):
@@ -32,6 +35,19 @@ def test_object_storage_urls_stay_urls_and_other_schemes_are_refused():
     for url in ("http://host/store", "hdfs://nn/store", "az://c/store"):
         with pytest.raises(ValueError, match=f"--store={url}: .*not supported here"):
             files.location(url, "--store")
+
+
+def test_storage_errors_are_failed_io_not_every_value_error():
+    """TensorStore reports I/O failures as ValueErrors starting with a status code; a
+    StoreError, a JSON error or another ValueError is no failure to read or write."""
+    with pytest.raises(ValueError) as tensorstore_error:
+        ts.open({"driver": "zarr3", "kvstore": {"driver": "memory"}}).result()
+    assert files.is_storage_error(tensorstore_error.value)
+    assert files.is_storage_error(PermissionError("read-only"))
+    for error in (StoreError("labels.npy: shape (5, 28)"), json.JSONDecodeError("x", "", 0),
+                  ValueError("rows out of range [0, 4)")):
+        assert isinstance(error, files.storage_errors())
+        assert not files.is_storage_error(error), error
 
 
 def test_an_s3_workdir_is_refused_naming_the_orbax_issue(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ from hpajax.data import images as imagelib
 from hpajax.data import labels as labelslib
 from hpajax.data import store as storelib
 from hpajax.data.labels import Problem
-from hpajax.files import make_folder, storage_errors
+from hpajax.files import is_storage_error, make_folder, storage_errors
 
 PROGRESS = ".convert_progress.json"
 COMPACT = "compacted"  # the good rows while the bad ones are compacted away
@@ -103,6 +103,8 @@ def convert(opts: Options) -> Result:
         progress = _convert_images(plan, progress, opts)
         return _finish(plan, progress, opts)
     except storage_errors() as e:  # a full disk, a missing bucket, bad credentials
+        if not is_storage_error(e):  # e.g. a StoreError: it says what is wrong
+            raise
         raise ConversionError(f"--output_dir={out}: cannot write the store: {e}") from None
 
 
