@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # torchvision's ImageNet backbones (hpajax/models/resnet.py, densenet.py).
 BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121")
+MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -100,6 +101,47 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "
                          f"{', '.join(BACKBONES)}")
     return c
+
+
+def model_block_for(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The model block of ``name`` in place of ``model``: the fields the two share keep
+    ``model``'s values (``dtype``), the others are ``name``'s defaults.
+
+    What ``--config.model.name=NAME`` gives a config file of another model, so that
+    NAME's own fields (a backbone's ``init_from``) can be set in the same command.
+    """
+    block = model_config(name)
+    for field in block:
+        if field != "name" and field in model:
+            block[field] = model[field]
+    return block
+
+
+def missing_field(config: ml_collections.ConfigDict, path: str) -> str:
+    """Why ``config`` has no field ``path`` (e.g. ``"model.init_from"``); "" if it has one.
+
+    For a field of another model's block, says which models have it.
+    """
+    tree, parts = config, path.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(tree, ml_collections.ConfigDict):
+            return ""  # a part of a value: ml_collections judges it
+        if part not in tree:
+            return _why_missing(tree, ".".join(parts[:depth]), part)
+        tree = tree[part]
+    return ""
+
+
+def _why_missing(tree: ml_collections.ConfigDict, where: str, field: str) -> str:
+    if where != "model":
+        block = f"config.{where}" if where else "the config"
+        return f"{block} has no field {field!r} (its fields: {', '.join(sorted(tree))})"
+    having = [name for name in MODELS if field in model_config(name)]
+    if not having:
+        return (f"no model block has a field {field!r} (the {tree.name} block's: "
+                f"{', '.join(sorted(tree))})")
+    return (f"not a field of the {tree.name} model block, but of {', '.join(having)}'s: "
+            f"add --config.model.name={having[0]}")
 
 
 def paper_config() -> ml_collections.ConfigDict:

@@ -13,18 +13,69 @@ TPU pod slice, which are detected); see hpajax/distributed.py.
 
 import contextlib
 import os
+import re
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from hpajax import commands, demo, distributed, logs, preemption, report, train, xla_defaults
+from hpajax import config as config_lib
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
 
+
+class _ConfigFile(ConfigFileFlagParser):
+    """Loads ``--config=FILE`` for its ``--config.FIELD`` overrides.
+
+    With ``--config.model.name=NAME`` on the command line, the model block is
+    NAME's (``config.model_block_for``), so that overrides of NAME's own fields
+    (``--config.model.init_from`` with ``resnet18`` on the seed CNN's config)
+    find them; an override of a field that the config lacks is refused in one
+    line naming it, not with ml_collections' traceback.
+    """
+
+    def parse(self, path: str) -> ml_collections.ConfigDict:
+        config = super().parse(path)
+        if not isinstance(config, ml_collections.ConfigDict):
+            return config  # a file that failed to load: ml_collections reports it on use
+        overrides = _overrides(FLAGS.read_flags_from_files(sys.argv, force_gnu=False))
+        name = overrides.get("model.name")
+        if name in config_lib.MODELS:
+            with config.unlocked():  # relocked whole: the new block takes no unknown fields
+                config.model = config_lib.model_block_for(config.model, name)
+        for field in overrides:
+            if why := config_lib.missing_field(config, field):
+                raise flags.IllegalFlagValueError(f"--config.{field} (config file {path}): {why}")
+        return config
+
+
+def _overrides(argv: list[str]) -> dict[str, str | None]:
+    """The config fields ``argv`` overrides (``--config.FIELD[=VALUE]``), each with its last
+    value (the next argument when written apart, None at the end)."""
+    found = {}
+    for i, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        field = re.fullmatch(r"-{1,2}(?:no)?config\.(.+)", flag)
+        if field:
+            found[field[1]] = value if equals else next(iter(argv[i + 1:i + 2]), None)
+    return found
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad flag said in one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+
+
 config_flags.DEFINE_config_file("config", None, "Training config file (get_config()); "
                                 "override fields with --config.field=value.")
+flags.FLAGS["config"].parser = _ConfigFile("config")  # ml_collections' loader, and the above
 flags.DEFINE_string("workdir", "runs/demo", "Folder for everything the command writes: local "
                     "or gs:// (s3:// is refused: Orbax cannot write checkpoints there).")
 flags.DEFINE_integer("num_samples", 2000, "demo: synthetic samples to generate.")
@@ -70,11 +121,11 @@ def main(argv: list[str]) -> None:
     if command not in COMMANDS or len(argv) > 2:
         raise app.UsageError(f"usage: python -m hpajax.main [{'|'.join(COMMANDS)}] --flags; "
                              f"got {' '.join(argv[1:])!r}")
+    logs.quiet_library_logs()  # before JAX starts its backends and logs those it has not
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if command in ("train", "demo"):
         preemption.catch_sigterm()  # from here on, SIGTERM means: save and stop
-    logs.quiet_library_logs()
 
     # In a multi-process run only process 0 prints (progress lines); errors still show.
     quiet = jax.distributed.is_initialized() and jax.process_index() != 0
@@ -114,4 +165,4 @@ def run(command: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -91,3 +91,31 @@ def test_demo_config_is_unchanged(tmp_path):
     assert demo.demo_config(tmp_path, None).to_dict() == expected.to_dict()
     expected.total_steps = 7
     assert demo.demo_config(tmp_path, 7).to_dict() == expected.to_dict()
+
+
+def test_the_model_block_of_another_name_keeps_the_fields_both_have():
+    seed = config_lib.model_config("seed_cnn")
+    seed.dtype = "bfloat16"
+    block = config_lib.model_block_for(seed, "resnet18")
+    want = config_lib.model_config("resnet18")
+    want.dtype = "bfloat16"
+    assert block.to_dict() == want.to_dict()
+    densenet = config_lib.model_config("densenet121")
+    densenet.update(dropout=0.25, init_from="w.safetensors")
+    assert config_lib.model_block_for(densenet, "resnet50").to_dict() == {
+        **densenet.to_dict(), "name": "resnet50"}
+
+
+def test_a_missing_field_is_named_with_the_models_that_have_it():
+    config = config_lib.base_config()
+    assert config_lib.missing_field(config, "model.filters") == ""
+    assert config_lib.missing_field(config, "data.channels") == ""
+    assert config_lib.missing_field(config, "model.init_from") == (
+        "not a field of the seed_cnn model block, but of resnet18, resnet34, resnet50, "
+        "densenet121's: add --config.model.name=resnet18")
+    assert config_lib.missing_field(config, "model.foo").startswith(
+        "no model block has a field 'foo' (the seed_cnn block's: dtype, filters,")
+    assert config_lib.missing_field(config, "optimizer.lr").startswith(
+        "config.optimizer has no field 'lr' (its fields: b1, b2, decay,")
+    assert config_lib.missing_field(config, "batchsize").startswith(
+        "the config has no field 'batchsize' (its fields: augment, batch_size,")
