@@ -132,7 +132,7 @@ def restore(workdir: str | os.PathLike, step: int | None = None,
         evaluated = ckpt.evaluated(step)  # saved right after a BatchNorm recalibration
         steps = steps_lib.build(config, steps_lib.make_mesh(config.eval_batch_size),
                                 steps_lib.input_shape(config))
-        state, _ = ckpt.restore(step, steps_lib.init_state(steps))
+        state, _ = ckpt.restore(step, steps_lib.abstract_state(steps))
     finally:
         ckpt.close()
     state = steps_lib.served(state)

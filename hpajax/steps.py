@@ -359,16 +359,33 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int,
 
 
 def init_state(steps: Steps) -> TrainState:
-    """Fresh, replicated state from ``config.seed``."""
+    """Fresh, replicated state from ``config.seed``.
+
+    One jitted program: run op by op, the optimizer's and the plateau's zero
+    states compile one small program per leaf shape, which took seconds.
+    """
+    return jax.jit(functools.partial(_fresh_state, steps),
+                   out_shardings=steps.replicated)()
+
+
+def abstract_state(steps: Steps) -> TrainState:
+    """``init_state``'s shapes, dtypes and shardings, computing nothing: a target to
+    restore a checkpoint into without compiling the initializers."""
+    shapes = jax.eval_shape(functools.partial(_fresh_state, steps))
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=steps.replicated),
+        shapes)
+
+
+def _fresh_state(steps: Steps) -> TrainState:
     init_key, aug_key = jax.random.split(jax.random.PRNGKey(steps.config.seed))
     dummy = jnp.zeros((1, *steps.image_shape), jnp.float32)
-    variables = jax.jit(functools.partial(steps.model.init, train=False))(init_key, dummy)
+    variables = steps.model.init(init_key, dummy, train=False)
     params = variables["params"]
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables["batch_stats"], opt_state=steps.tx.init(params),
-                       plateau=steps.plateau.init(params), rng=aug_key,
-                       ema=dict(variables) if ema_decay(steps.config) else None)
-    return jax.device_put(jax.device_get(state), steps.replicated)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables["batch_stats"], opt_state=steps.tx.init(params),
+                      plateau=steps.plateau.init(params), rng=aug_key,
+                      ema=dict(variables) if ema_decay(steps.config) else None)
 
 
 def zero_sums(steps: Steps) -> dict:
