@@ -7,6 +7,7 @@ tiny run with all of them resumes to the uninterrupted run's weights; the
 EMA and the TTA evaluation are checked against formulas written out.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_store, tiny_config
 
-from hpajax import commands, inference, train
+from hpajax import checkpointing, commands, inference, train
 from hpajax import steps as steps_lib
-from hpajax.data import open_store
+from hpajax.data import open_store, sources
+from hpajax.data.run_data import open_run_data
 
 SIZE = 80  # stored side; the seed CNN's input is a 76 px crop of it
 CROP = 76
@@ -72,12 +74,28 @@ def test_all_ingredients_resume_to_the_uninterrupted_weights(runs):
 
 
 def test_the_log_compares_drawn_class_frequencies_with_the_stores(runs):
-    root, _ = runs
+    """The logged first epoch is the oversampled draw plan's (the weights written out here,
+    not taken from the library), not the uniform plan's; over many epochs, that plan draws
+    the rarest class more often than the uniform one, as its one sample's weight says."""
+    root, config = runs
     [drawn] = records(root / "full", "data")
-    assert len(drawn["drawn_frequency"]) == len(drawn["store_frequency"]) == 28
-    rare = int(np.argmin(np.where(np.asarray(drawn["store_frequency"]) > 0,
-                                  drawn["store_frequency"], 1.0)))
-    assert drawn["drawn_frequency"][rare] >= drawn["store_frequency"][rare]  # oversampled
+    mixed = open_run_data(config.data).sources  # the stores' rows, exclusions, weights
+    labels = [s.store.labels[s.rows].astype(bool) for s in mixed]
+    frequency = np.concatenate(labels).mean(0)
+    # A sample weighs (1 / frequency of its rarest class) ** alpha, alpha = 0.5.
+    weighted = [dataclasses.replace(s, draw_weights=np.where(
+        y, frequency, frequency.max()).min(1) ** -0.5) for s, y in zip(mixed, labels)]
+    uniform = [dataclasses.replace(s, draw_weights=None) for s in mixed]
+    epoch = sum(len(s.rows) for s in mixed)
+    want, plain = (sources.drawn_label_frequency(plan, config.seed, epoch)
+                   for plan in (weighted, uniform))
+    np.testing.assert_array_equal(drawn["store_frequency"], frequency)
+    np.testing.assert_array_equal(drawn["drawn_frequency"], want)
+    assert not np.array_equal(want, plain)
+    rare = int(np.argmin(np.where(frequency > 0, frequency, 1.0)))  # 1 of the 52 samples
+    want, plain = (sources.drawn_label_frequency(plan, config.seed, 100 * epoch)
+                   for plan in (weighted, uniform))
+    assert want[rare] > 1.5 * plain[rare]  # 102 against 53 draws: its weight is 1.9x the mean
 
 
 def test_a_changed_mixing_weight_is_refused_on_resume(runs, tmp_path):
@@ -98,6 +116,19 @@ def test_evaluate_and_predict_use_the_average_with_tta_and_rate_thresholds(runs,
     probs = np.load(out / "probabilities.npy")
     restored = inference.restore(root / "full", tta=4)
     assert restored.config.tta == 4
+    # Both used the checkpoint's moving average over every view: 4 flips of each of the
+    # 2 x 2 crops; evaluate for val (whose thresholds it tunes) as for test.
+    images = np.asarray(open_store(config.data.store).images.read().result())
+    saved = saved_state(root / "full", restored)
+    want = views_mean(restored.steps, saved.ema, images, 4)
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+    for part in ("val", "test"):
+        scored = np.load(root / "full" / "report" / f"predictions_{part}.npz")
+        np.testing.assert_allclose(scored["probs"], want[scored["rows"]], rtol=1e-5, atol=1e-6)
+    # ... which the raw weights, or the crops without flips, would not have given.
+    raw = {"params": saved.params, "batch_stats": saved.batch_stats}
+    assert np.abs(views_mean(restored.steps, raw, images, 4) - want).max() > 1e-3
+    assert np.abs(views_mean(restored.steps, saved.ema, images, 1) - want).max() > 1e-3
     saved = json.loads((root / "full" / "report" / "thresholds.json").read_text())
     frequency = np.asarray(saved["class_frequency"])
     predicted = [row.split(",")[1].split() for row in
@@ -107,6 +138,33 @@ def test_evaluate_and_predict_use_the_average_with_tta_and_rate_thresholds(runs,
     want = np.round(frequency * len(probs))
     distinct = np.array([len(np.unique(probs[:, c])) == len(probs) for c in range(28)])
     np.testing.assert_array_equal(counts[distinct], want[distinct])
+
+
+def views_mean(steps: steps_lib.Steps, variables: dict, images: np.ndarray,
+               flips: int) -> np.ndarray:
+    """The model's probabilities averaged over the first ``flips`` of identity, left-right,
+    top-bottom and both flips of each 76 px crop at (0 or 4, 0 or 4) of 80 px images."""
+    def probs(views: jax.Array) -> jax.Array:
+        return jax.nn.sigmoid(steps.model.apply(variables, steps_lib.model_input(views, CROP),
+                                                train=False))
+
+    crops = [images[:, r:r + CROP, c:c + CROP] for r in (0, SIZE - CROP)
+             for c in (0, SIZE - CROP)]
+    flipped = [f(crop) for crop in crops for f in (
+        lambda x: x, lambda x: x[:, :, ::-1], lambda x: x[:, ::-1], lambda x: x[:, ::-1, ::-1]
+    )[:flips]]
+    return np.mean([probs(jnp.asarray(np.ascontiguousarray(v))) for v in flipped], axis=0)
+
+
+def saved_state(workdir: pathlib.Path, restored: inference.Restored) -> steps_lib.TrainState:
+    """The restored checkpoint as saved: the raw weights, beside their moving average (with
+    the BatchNorm statistics recalibrated for it at the checkpoint's evaluation)."""
+    ckpt = checkpointing.Checkpointer.of_run(workdir, restored.config)
+    try:
+        state, _ = ckpt.restore(restored.step, steps_lib.init_state(restored.steps))
+    finally:
+        ckpt.close()
+    return state
 
 
 @pytest.fixture(scope="module")
