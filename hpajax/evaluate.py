@@ -231,11 +231,10 @@ def guarded_thresholds(y_true: np.ndarray, y_prob: np.ndarray,
     """``search_thresholds(y_true, y_prob)``, except that a class with fewer than
     ``min_positives`` positives in ``y_true`` keeps its ``fallback`` (scalar or [C]).
 
-    Why: an F1 search on one or two positives fits them, not the class. On a
-    synthetic set with 120 validation samples, thresholds tuned on validation
-    lifted test macro-F1 from 0.36 to 0.44 but dropped test micro-F1 from 0.81
-    to 0.59: rare classes with one or two validation positives got thresholds
-    near 0 and were predicted for most test samples. A class without
+    Why: an F1 search on one or two positives fits them, not the class: a
+    rare class gets a threshold near 0 and is predicted for most test
+    samples, which costs micro-F1 (BENCHMARKS.md, "Threshold guard", measures
+    it with ``experiments/bench_guard.py``). A class without
     positives also gets ``fallback`` (when ``min_positives`` > 0), not never;
     ``min_positives`` 0 keeps every searched threshold. Returns float64 [C].
     """
