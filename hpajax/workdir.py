@@ -20,6 +20,7 @@ import uuid
 import ml_collections
 from etils import epath
 
+from hpajax import config as config_lib
 from hpajax import files
 from hpajax.files import write_atomic, write_json
 
@@ -108,11 +109,27 @@ def _flatten(tree, prefix: str) -> dict[str, object]:
     return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
 
 
+def _model_fields(block: dict) -> dict:
+    """A saved model block's fields that its model uses, absent ones at their defaults.
+
+    A backbone named on a seed-CNN config once kept the seed's fields, which it
+    ignores; its own fields now come with the name (``config.model_block_for``).
+    """
+    try:
+        defaults = config_lib.model_config(block.get("name", config_lib.MODELS[0]))
+    except ValueError:
+        return block  # an unknown model: compared as written, models.create names it
+    return {name: block.get(name, default) for name, default in defaults.items()}
+
+
 def _check_same_shape(saved: dict, new: dict, workdir: epath.Path) -> None:
     for field in SHAPE_FIELDS:
-        old_values = _flatten(_field(saved, field), field)
-        new_values = _flatten(_field(new, field), field)
-        for name in sorted(set(old_values) | set(new_values)):
+        old_values, new_values = _field(saved, field), _field(new, field)
+        if field == "model":
+            old_values, new_values = _model_fields(old_values), _model_fields(new_values)
+        old_values, new_values = _flatten(old_values, field), _flatten(new_values, field)
+        names = sorted(set(old_values) | set(new_values))
+        for name in sorted(names, key=lambda n: n != "model.name"):  # the model first
             if old_values.get(name) != new_values.get(name):
                 raise ValueError(
                     f"config.{name}={new_values.get(name)!r} does not match the checkpoints "

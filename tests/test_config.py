@@ -119,3 +119,25 @@ def test_a_missing_field_is_named_with_the_models_that_have_it():
         "config.optimizer has no field 'lr' (its fields: b1, b2, decay,")
     assert config_lib.missing_field(config, "batchsize").startswith(
         "the config has no field 'batchsize' (its fields: augment, batch_size,")
+
+
+def test_a_backbone_run_saved_with_the_seed_block_resumes_with_its_own_block(tmp_path):
+    """Before ``--config.model.name`` brought its block, a backbone named on a seed-CNN
+    config saved the seed's fields (which it ignores): resuming with the backbone's block
+    compares only the fields the backbone uses, at their defaults where absent."""
+    from etils import epath
+
+    from hpajax import workdir
+
+    config = config_lib.base_config()
+    config.model.name = "resnet18"  # the old way: the seed block, renamed
+    workdir.save_config(config, epath.Path(tmp_path), resuming=False)
+    config.model = config_lib.model_config("resnet18")
+    workdir.save_config(config, epath.Path(tmp_path), resuming=True)
+    config.model.dropout = 0.5  # a field the backbone uses
+    with pytest.raises(ValueError, match=r"config.model.dropout=0.5 does not match .* 0.0"):
+        workdir.save_config(config, epath.Path(tmp_path), resuming=True)
+    seed = config_lib.base_config()
+    seed.model.filters = (8, 16, 32, 64)
+    with pytest.raises(ValueError, match=r"config.model.name='seed_cnn' does not match"):
+        workdir.save_config(seed, epath.Path(tmp_path), resuming=True)
