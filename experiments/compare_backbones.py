@@ -40,8 +40,10 @@ _STORE = flags.DEFINE_string("store", None, "Converted store (default: a synthet
                              "in WORKDIR/data).")
 _MODELS = flags.DEFINE_list("models", ["seed_cnn", *config_lib.BACKBONES], "Models to compare.")
 _MINUTES = flags.DEFINE_float("minutes", 10.0, "Wall-clock budget of each run.")
-_STEPS = flags.DEFINE_integer("steps", 200, "The equal-steps point; a multiple of the config's "
-                              "eval_every.")
+_STEPS = flags.DEFINE_integer("steps", 200, "The equal-steps point; a multiple of "
+                              "--checkpoint_every.")
+_EVERY = flags.DEFINE_integer("checkpoint_every", 0, "Steps between evaluated checkpoints "
+                              "(0: the config's, 100).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "Stop a run at this step if it comes before "
                                   "the clock (0: only the clock stops it).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 2000, "Synthetic samples (without --store).")
@@ -59,6 +61,9 @@ def train(name: str, run: pathlib.Path, store: str, seconds: float | None,
                f"--workdir={run}", f"--config.data.store={store}"]
     if total_steps:
         command.append(f"--config.total_steps={total_steps}")
+    if _EVERY.value:
+        command += [f"--config.eval_every={_EVERY.value}",
+                    f"--config.checkpoint_every={_EVERY.value}"]
     with open(run / "train.log", "a") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -135,7 +140,7 @@ def main(argv: list[str]) -> None:
     unknown = set(_MODELS.value) - {"seed_cnn", *config_lib.BACKBONES}
     if unknown:
         raise app.UsageError(f"--models: unknown {sorted(unknown)}")
-    every = runpy.run_path(str(CONFIG))["get_config"]().checkpoint_every
+    every = _EVERY.value or runpy.run_path(str(CONFIG))["get_config"]().checkpoint_every
     if _STEPS.value % every:
         raise app.UsageError(f"--steps={_STEPS.value}: not a multiple of {every}, the step "
                              f"between {CONFIG.name}'s checkpoints")
