@@ -1,6 +1,12 @@
-"""tools/torch_to_safetensors.py: PyTorch checkpoints to safetensors (torch-free where it can)."""
+"""tools/torch_to_safetensors.py: PyTorch checkpoints to safetensors (torch-free where it can).
+
+The tests of the ``.pth`` path need torch, which is optional: they skip
+without it, except in CI (``CI=true``), whose ``.ci/run`` installs torch's
+CPU build, so that the path cannot go untested there.
+"""
 
 import importlib.util
+import os
 import subprocess
 from collections import OrderedDict
 
@@ -12,7 +18,9 @@ from safetensors import SafetensorError
 from hpajax.models import weights
 
 SCRIPT = REPO / "tools" / "torch_to_safetensors.py"
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+# Runs the tool with ``import torch`` failing, as where torch is not installed.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = {!r}; "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def load_module():
@@ -26,15 +34,26 @@ def load_module():
 tool = load_module()
 
 
-def run(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(SCRIPT), *args], capture_output=True, text=True,
-                          cwd=cwd)
+def import_torch():
+    """torch; a skip where it is not installed, a failure in CI (where .ci/run installs it)."""
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but torch is not installed: .ci/run installs its CPU build "
+                        "so that CI tests the .pth path")
+        pytest.skip("torch is not installed (optional: pip install -e '.[torch]')")
+    return torch
 
 
-@pytest.mark.skipif(HAS_TORCH, reason="torch is installed")
+def run(*args, cwd, torch: bool = True) -> subprocess.CompletedProcess:
+    command = [str(SCRIPT)] if torch else ["-c", WITHOUT_TORCH.format(str(SCRIPT))]
+    return subprocess.run([PYTHON, *command, *args], capture_output=True, text=True, cwd=cwd)
+
+
 def test_without_torch_it_says_how_to_install_it(tmp_path):
     (tmp_path / "resnet18.pth").write_bytes(b"anything")
-    r = run("--input=resnet18.pth", "--output=resnet18.safetensors", cwd=tmp_path)
+    r = run("--input=resnet18.pth", "--output=resnet18.safetensors", cwd=tmp_path, torch=False)
     assert r.returncode != 0
     assert "needs torch" in r.stderr and "pip install -e '.[torch]'" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -100,7 +119,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 
 
 def test_a_torch_checkpoint_converts_exactly(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     generator = torch.Generator().manual_seed(0)
     state = OrderedDict([
         ("module.conv1.weight", torch.randn(4, 3, 3, 3, generator=generator)),
@@ -130,7 +149,7 @@ def test_a_torch_checkpoint_converts_exactly(tmp_path):
     ("a whole model", "it pickles a torch.nn.modules.linear.Linear, not just tensors"),
 ])
 def test_a_bad_checkpoint_is_a_clear_error(tmp_path, kind, why):
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     path = tmp_path / "bad.pth"
     if kind == "junk":
         path.write_bytes(b"not a checkpoint")
