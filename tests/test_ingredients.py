@@ -161,7 +161,7 @@ def saved_state(workdir: pathlib.Path, restored: inference.Restored) -> steps_li
     the BatchNorm statistics recalibrated for it at the checkpoint's evaluation)."""
     ckpt = checkpointing.Checkpointer.of_run(workdir, restored.config)
     try:
-        state, _ = ckpt.restore(restored.step, steps_lib.init_state(restored.steps))
+        state, _ = ckpt.restore(restored.step, steps_lib.abstract_state(restored.steps))
     finally:
         ckpt.close()
     return state
