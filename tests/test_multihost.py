@@ -246,6 +246,15 @@ def test_two_processes_match_one_process_on_two_devices(store, tmp_path):
             == {"process_0-of-2.json", "process_1-of-2.json"})
 
 
+def test_batch_must_divide_by_the_device_count(store, tmp_path):
+    """A global batch that does not split evenly over the devices is refused in one line
+    (the divisible one trains on 2 devices in the test above)."""
+    r = subprocess.run(train_cmd(store, tmp_path, "--config.batch_size=7"), cwd=REPO,
+                       env=env(2), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0
+    assert "config.batch_size=7 does not divide by the 2 devices" in r.stderr
+
+
 def test_initialize_only_with_flags_or_a_cluster(monkeypatch):
     """No flags and no cluster: no jax.distributed (it would fail); a SLURM step is one."""
     for name in list(os.environ):
