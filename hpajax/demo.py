@@ -21,7 +21,7 @@ from hpajax.files import local_path
 
 
 def demo_config(store: pathlib.Path, train_steps: int | None) -> ml_collections.ConfigDict:
-    """``config.demo_config()`` on ``store``; ``train_steps`` (if given) replaces its 600."""
+    """``config.demo_config()`` on ``store``; ``train_steps`` (if given) replaces its 1200."""
     c = config_lib.demo_config()
     c.data.store = str(store)
     c.total_steps = train_steps or c.total_steps

@@ -79,7 +79,7 @@ flags.FLAGS["config"].parser = _ConfigFile("config")  # ml_collections' loader, 
 flags.DEFINE_string("workdir", "runs/demo", "Folder for everything the command writes: local "
                     "or gs:// (s3:// is refused: Orbax cannot write checkpoints there).")
 flags.DEFINE_integer("num_samples", 2000, "demo: synthetic samples to generate.")
-flags.DEFINE_integer("image_size", 128, "demo: image side in pixels.")
+flags.DEFINE_integer("image_size", 96, "demo: image side in pixels.")
 flags.DEFINE_integer("seed", 0, "demo: seed for data generation and splitting.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "demo: worker processes for data work.")
 flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the demo config's).")

@@ -72,13 +72,15 @@ def test_model_config_has_each_models_fields_and_refuses_others():
 
 
 def today_demo_config():
-    """The demo's config as it was before configs became plain data."""
+    """The demo's config written out field by field (issue 21: half width, 1,200 steps)."""
     c = config_lib.base_config()
     c.batch_size = 16
-    c.total_steps = 600
-    c.log_every = 25
-    c.eval_every = c.checkpoint_every = 100
+    c.total_steps = 1200
+    c.log_every = 50
+    c.eval_every = c.checkpoint_every = 200
     c.bn_recalibration_batches = 10
+    c.model.filters = (16, 32, 64, 128)
+    c.model.head = (256, 128)
     return c
 
 

@@ -18,7 +18,7 @@ so the crop recipe costs what the others do.
 
 import ml_collections
 
-from hpajax.config import demo_config
+from hpajax.config import base_config
 
 INGREDIENTS = ("external", "oversample", "crop", "focal", "focal_lovasz", "ema", "tta")
 RECIPES = ("seed", *INGREDIENTS, "all", "all_bce")
@@ -30,7 +30,10 @@ EXTERNAL = "runs/recipes/data/external/store"
 def get_config(name: str = "seed") -> ml_collections.ConfigDict:
     if name not in RECIPES:
         raise ValueError(f"recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    c = demo_config()  # the seed CNN at the demo's CPU batch of 16
+    c = base_config()  # the seed CNN (full width) at a CPU batch of 16
+    c.batch_size = 16
+    c.log_every = 25
+    c.bn_recalibration_batches = 10
     c.data.store = KAGGLE
     c.data.input_size = 96
     c.total_steps = 300
