@@ -361,11 +361,15 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int,
 def init_state(steps: Steps) -> TrainState:
     """Fresh, replicated state from ``config.seed``.
 
-    One jitted program: run op by op, the optimizer's and the plateau's zero
-    states compile one small program per leaf shape, which took seconds.
+    One jitted program, compiled at LLVM's optimization level 1: the random
+    initializers' code takes XLA:CPU seconds per layer to optimize fully, for a
+    program that runs once (the same values; BENCHMARKS.md, "Test suite").
     """
-    return jax.jit(functools.partial(_fresh_state, steps),
-                   out_shardings=steps.replicated)()
+    return jax.jit(functools.partial(_fresh_state, steps), out_shardings=steps.replicated,
+                   compiler_options=_RUN_ONCE)()
+
+
+_RUN_ONCE = {"xla_backend_optimization_level": 1}  # compiler options of one-off programs
 
 
 def abstract_state(steps: Steps) -> TrainState:
