@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import PYTHON, REPO, synthetic_store
+from conftest import PYTHON, REPO, SUITE_XLA_FLAGS, synthetic_store
 
 from hpajax import distributed
 
@@ -51,7 +51,7 @@ def env(devices: int) -> dict:
     """The environment of a run on ``devices`` forced CPU devices, with no cluster in sight."""
     out = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out["XLA_FLAGS"] = f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
     return out
 
 
