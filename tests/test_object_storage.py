@@ -22,7 +22,7 @@ from conftest import (CONVERT_KILLER, PYTHON, REPO, run_records, store_tree, syn
                       tiny_config, write_csv, write_quads)
 from etils import epath
 
-from hpajax import train
+from hpajax import commands, train
 from hpajax.data import open_store, split, summary
 from hpajax.data.run_data import open_run_data
 from hpajax.data import store as storelib
@@ -203,7 +203,7 @@ def train_command(store, workdir) -> list[str]:
 
 
 def test_a_run_from_a_bucket_killed_and_resumed_matches_the_run_on_disk(on_disk, bucket,
-                                                                         tmp_path):
+                                                                         tmp_path, capsys):
     """The store in the bucket; the workdir there too on gs:// (Orbax cannot write s3://)."""
     store, disk_run = on_disk
     url = f"{bucket}/stores/synthetic"
@@ -224,15 +224,13 @@ def test_a_run_from_a_bucket_killed_and_resumed_matches_the_run_on_disk(on_disk,
     assert run_records(workdir) == run_records(disk_run)  # same shas, losses, metrics
     assert json.loads((workdir / "data.json").read_text())["store"] == url
 
-    # evaluate and predict: the run and its store in the bucket
-    main = [PYTHON, "-m", "hpajax.main"]
-    r = run([*main, "evaluate", f"--workdir={workdir}"])
-    assert r.returncode == 0 and url in r.stdout, r.stderr[-3000:]
+    # evaluate and predict, called as the commands call them (their command lines are
+    # tested on disk): the run and its store in the bucket
+    commands.evaluate_command(workdir)
+    assert f"on {url}" in capsys.readouterr().out
     assert (workdir / "report" / "metrics.json").is_file()
     for name, data in (("from_bucket", url), ("from_disk", store)):
-        r = run([*main, "predict", f"--workdir={workdir}", f"--input={data}",
-                 f"--output_dir={workdir / name}"])
-        assert r.returncode == 0, r.stderr[-3000:]
+        commands.predict_command(workdir, data, workdir / name)
     probs = [np.load(io.BytesIO((workdir / name / "probabilities.npy").read_bytes()))
              for name in ("from_bucket", "from_disk")]
     np.testing.assert_array_equal(*probs)
