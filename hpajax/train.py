@@ -58,7 +58,9 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data
     workdir_lib.save_config(config, workdir, resuming, write=primary)
     train_iter = iter(inference.train_batches(config, data, config.seed,
                                               config.data.num_workers))
-    state, sums, start = steps_lib.init_state(steps), steps_lib.zero_sums(steps), 0
+    # A resumed run's state comes whole from its checkpoint: no initializers to compile.
+    state = steps_lib.abstract_state(steps) if resuming else steps_lib.init_state(steps)
+    sums, start = steps_lib.zero_sums(steps), 0
     restored = ckpt.restore_latest(state, sums, train_iter)
     if restored is not None:
         start, state, sums = restored
