@@ -11,14 +11,32 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 from absl import flags, logging
 from etils import epath
-from tensorboardX import SummaryWriter
 
 from hpajax.files import is_remote, write_atomic
 from hpajax.records import read_records
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch.
+
+    tensorboardX imports torch, where installed, only to accept torch tensors,
+    which hpajax never passes; that import takes seconds of every command's
+    start. Unless torch is already loaded, ``import torch`` fails during it.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsLog:
@@ -40,7 +58,8 @@ class MetricsLog:
         self._lines = _truncate_after(self.path, start_step)
         if not is_remote(self.path):
             self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = SummaryWriter(os.fspath(self.tensorboard_dir), purge_step=start_step + 1)
+        self._tb = _summary_writer_class()(os.fspath(self.tensorboard_dir),
+                                           purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Records one event; numbers also go to TensorBoard as ``split/name``."""
