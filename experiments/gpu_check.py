@@ -406,8 +406,7 @@ def configurations(args: argparse.Namespace) -> list[str]:
 def child_env(workdir: str) -> dict[str, str]:
     """The children's environment: JAX's GPU memory share (unless set) and a
     compilation cache of this run's own, so that a child compiles each program
-    once (``steps.init_state`` compiles ``model.init`` anew on every call) while
-    every ``compile`` figure stays a real compilation."""
+    once while every ``compile`` figure stays a real compilation."""
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", MEM_FRACTION)
     env.update(PYTHONUNBUFFERED="1", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -43,8 +43,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "--quick: synthetic samp
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override every run's total_steps.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Draw each run's report figures (the "
                              "comparison needs only the numbers).")
-_NARROW = flags.DEFINE_bool("narrow_model", False, "The tiny config's narrow model (8/16/32/64 "
-                            "filters) instead of the seed's: checks the runner in seconds.")
+_NARROW = flags.DEFINE_bool("narrow_model", False, "The tiny config's narrow model (two "
+                            "blocks of 8 and 16 filters) instead of the seed's: checks the "
+                            "runner in seconds.")
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 FULL = {"input_size": (128, 256, 512), "kernel_size": (3, 5, 7), "side": 512}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from typing import Any
 
 import flax
@@ -59,6 +60,7 @@ class Steps:
     train: Any  # (state, batch, sums) -> (state, sums)
     eval: Any  # (state, batch) -> {"loss_sum", "count", "probs"}
     moments: Any  # (state, batch) -> each BatchNorm's batch mean and mean of squares
+    init: Any  # seed -> the fresh TrainState
 
     @property
     def replicated(self) -> NamedSharding:
@@ -331,7 +333,41 @@ def ema_decay(config: ml_collections.ConfigDict) -> float:
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
           pos_weight: np.ndarray | None = None) -> Steps:
-    """The model, optimizer and steps of ``config``, jitted over ``mesh``."""
+    """The model, optimizer and steps of ``config``, jitted over ``mesh``.
+
+    The jitted steps are shared by every ``build`` in the process with the same
+    program inputs (the model, loss, optimizer, augmentation, EMA, TTA, input
+    shape and mesh): a run evaluated after training, or the next run of a
+    sweep, traces and compiles nothing again.
+    """
+    key = _program_key(config, mesh, image_shape, pos_weight)
+    if key not in _PROGRAMS:
+        if len(_PROGRAMS) == _MAX_PROGRAMS:
+            del _PROGRAMS[next(iter(_PROGRAMS))]  # the oldest
+        _PROGRAMS[key] = _programs(config, mesh, image_shape, pos_weight)
+    return Steps(config, image_shape, mesh, *_PROGRAMS[key])
+
+
+_PROGRAMS: dict[str, tuple] = {}  # _program_key -> what _programs returns, oldest first
+_MAX_PROGRAMS = 8  # each holds its compiled executables
+
+
+def _program_key(config: ml_collections.ConfigDict, mesh: Mesh,
+                 image_shape: tuple[int, int, int], pos_weight: np.ndarray | None) -> str:
+    """Everything ``_programs`` reads, as text."""
+    norm = input_normalization(config)
+    return json.dumps([config.model.to_dict(), config.loss, config.focal_gamma,
+                       None if pos_weight is None else np.asarray(pos_weight).tolist(),
+                       config.optimizer.to_dict(), config.augment.to_dict(),
+                       ema_decay(config), config.get("tta", 1), config.get("tta_reduce", "mean"),
+                       None if norm is None else [n.tolist() for n in norm], list(image_shape),
+                       [d.id for d in mesh.devices.flat], list(mesh.axis_names)],
+                      sort_keys=True, default=str)
+
+
+def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
+              pos_weight: np.ndarray | None) -> tuple:
+    """``Steps``'s fields after ``config``, ``image_shape`` and ``mesh``."""
     model = models.create(config.model)
     loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
     tx = make_optimizer(config.optimizer)
@@ -355,41 +391,44 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int,
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
                                         size=size, norm=norm, crop=crop),
                       in_shardings=(rep, data), out_shardings=rep)
-    return Steps(config, image_shape, mesh, model, tx, plateau, train, evaluate, moments)
-
-
-def init_state(steps: Steps) -> TrainState:
-    """Fresh, replicated state from ``config.seed``.
-
-    One jitted program, compiled at LLVM's optimization level 1: the random
-    initializers' code takes XLA:CPU seconds per layer to optimize fully, for a
-    program that runs once (the same values; BENCHMARKS.md, "Test suite").
-    """
-    return jax.jit(functools.partial(_fresh_state, steps), out_shardings=steps.replicated,
-                   compiler_options=_RUN_ONCE)()
+    # One jitted program, compiled at LLVM's optimization level 1: the random
+    # initializers' code takes XLA:CPU seconds per layer to optimize fully, for a
+    # program that runs once per run (the same values; BENCHMARKS.md, "Test suite").
+    fresh = jax.jit(functools.partial(fresh_state, model=model, tx=tx, plateau=plateau,
+                                      image_shape=image_shape, ema=bool(ema_decay(config))),
+                    out_shardings=rep, compiler_options=_RUN_ONCE)
+    return model, tx, plateau, train, evaluate, moments, fresh
 
 
 _RUN_ONCE = {"xla_backend_optimization_level": 1}  # compiler options of one-off programs
 
 
+def init_state(steps: Steps) -> TrainState:
+    """Fresh, replicated state from ``config.seed``."""
+    return steps.init(np.uint32(steps.config.seed))
+
+
 def abstract_state(steps: Steps) -> TrainState:
     """``init_state``'s shapes, dtypes and shardings, computing nothing: a target to
     restore a checkpoint into without compiling the initializers."""
-    shapes = jax.eval_shape(functools.partial(_fresh_state, steps))
+    shapes = jax.eval_shape(steps.init, np.uint32(steps.config.seed))
     return jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=steps.replicated),
         shapes)
 
 
-def _fresh_state(steps: Steps) -> TrainState:
-    init_key, aug_key = jax.random.split(jax.random.PRNGKey(steps.config.seed))
-    dummy = jnp.zeros((1, *steps.image_shape), jnp.float32)
-    variables = steps.model.init(init_key, dummy, train=False)
+def fresh_state(seed: jax.Array, *, model, tx, plateau, image_shape: tuple[int, int, int],
+                ema: bool) -> TrainState:
+    """The state before the first step: the model's initializers, fresh optimizer and LR
+    plateau states, the augmentation key; ``ema``: averages starting at the weights."""
+    init_key, aug_key = jax.random.split(jax.random.PRNGKey(seed))
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = model.init(init_key, dummy, train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables["batch_stats"], opt_state=steps.tx.init(params),
-                      plateau=steps.plateau.init(params), rng=aug_key,
-                      ema=dict(variables) if ema_decay(steps.config) else None)
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                      plateau=plateau.init(params), rng=aug_key,
+                      ema=dict(variables) if ema else None)
 
 
 def zero_sums(steps: Steps) -> dict:

@@ -59,7 +59,12 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data
     train_iter = iter(inference.train_batches(config, data, config.seed,
                                               config.data.num_workers))
     # A resumed run's state comes whole from its checkpoint: no initializers to compile.
-    state = steps_lib.abstract_state(steps) if resuming else steps_lib.init_state(steps)
+    if resuming:
+        state = steps_lib.abstract_state(steps)
+    else:
+        if config.model.get("init_from"):  # a file that does not fit fails before they compile
+            imported_weights(config, steps_lib.abstract_state(steps))
+        state = steps_lib.init_state(steps)
     sums, start = steps_lib.zero_sums(steps), 0
     restored = ckpt.restore_latest(state, sums, train_iter)
     if restored is not None:
@@ -87,11 +92,7 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
     ``WORKDIR/init_from.txt``; the optimizer starts afresh.
     """
     path = config.model.init_from
-    variables = {"params": jax.device_get(state.params),
-                 "batch_stats": jax.device_get(state.batch_stats)}
-    imported = weights.import_state(weights.read_safetensors(path), variables,
-                                    config.data.channels, source=f"config.model.init_from={path}",
-                                    yellow_init=config.model.yellow_init)
+    imported = imported_weights(config, state)
     if jax.process_index() == 0:
         write_atomic(workdir / "init_from.txt", "".join(f"{line}\n" for line in imported.lines()))
     print(f"init_from {path}: {len(imported.loaded)} tensors loaded, "
@@ -102,6 +103,18 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
                           ema=None if state.ema is None else {
                               "params": imported.params, "batch_stats": imported.batch_stats})
     return jax.device_put(state, steps.replicated)
+
+
+def imported_weights(config: ml_collections.ConfigDict, state: TrainState) -> weights.Imported:
+    """``config.model.init_from``'s tensors in ``state``'s weights and BatchNorm statistics;
+    raises ValueError naming the tensor that does not fit. Shapes (``abstract_state``)
+    are enough to check a file."""
+    path = config.model.init_from
+    variables = {"params": jax.device_get(state.params),
+                 "batch_stats": jax.device_get(state.batch_stats)}
+    return weights.import_state(weights.read_safetensors(path), variables, config.data.channels,
+                                source=f"config.model.init_from={path}",
+                                yellow_init=config.model.yellow_init)
 
 
 def log_drawn_frequencies(log: logs.MetricsLog, data: RunData, seed: int) -> None:

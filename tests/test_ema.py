@@ -9,13 +9,12 @@ from conftest import synthetic_store, tiny_config
 from hpajax import inference, train
 from hpajax import steps as steps_lib
 
-SIZE = 32  # two VALID blocks of kernel 3 need 16 px
-FILTERS = (8, 16)  # the tiny seed CNN's first two blocks: quick to compile
+SIZE = 32  # the tiny seed CNN's two VALID blocks of kernel 3 need 16 px
 
 
 def averaged_config(store, **overrides):
     return tiny_config(store, ema_decay=0.9, bn_recalibration_batches=0,
-                       **{"model.filters": FILTERS, **overrides})
+                       **overrides)
 
 
 def largest_change(a, b) -> float:

@@ -23,12 +23,8 @@ from hpajax import steps as steps_lib
 from hpajax.data import open_store, sources
 from hpajax.data.run_data import open_run_data
 
-SIZE = 80  # stored side; the seed CNN's input is a 76 px crop of it
-CROP = 76
-# The tiny config's seed CNN cut to its first two blocks (8 and 16 filters; same head): the
-# same layers, steps and ingredients, and training steps that compile faster (compilation
-# is most of this file's time).
-FILTERS = (8, 16)
+SIZE = 32  # stored side; the tiny seed CNN's input is a 28 px crop of it
+CROP = 28
 
 
 def ingredients_config(kaggle: pathlib.Path, external: pathlib.Path, exclude: pathlib.Path,
@@ -37,7 +33,7 @@ def ingredients_config(kaggle: pathlib.Path, external: pathlib.Path, exclude: pa
         "data.sources": (f"{kaggle}:train:1", f"{external}:all:2"),
         "data.exclude": str(exclude), "data.oversample": 0.5, "data.input_size": CROP,
         "augment.crop": True, "loss": "focal+0.5*lovasz", "ema_decay": 0.9, "tta": 2,
-        "model.filters": FILTERS, **overrides})
+        **overrides})
 
 
 def records(workdir: pathlib.Path, split: str) -> list[dict]:
@@ -143,7 +139,7 @@ def test_evaluate_and_predict_use_the_average_with_tta_and_rate_thresholds(runs,
 def views_mean(steps: steps_lib.Steps, variables: dict, images: np.ndarray,
                flips: int) -> np.ndarray:
     """The model's probabilities averaged over the first ``flips`` of identity, left-right,
-    top-bottom and both flips of each 76 px crop at (0 or 4, 0 or 4) of 80 px images."""
+    top-bottom and both flips of each 28 px crop at (0 or 4, 0 or 4) of 32 px images."""
     def probs(views: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(steps.model.apply(variables, steps_lib.model_input(views, CROP),
                                                 train=False))
@@ -170,7 +166,7 @@ def saved_state(workdir: pathlib.Path, restored: inference.Restored) -> steps_li
 @pytest.fixture(scope="module")
 def averaged(runs):
     """The runs' steps (every ingredient, with an EMA of decay 0.9: the training step compiled
-    for the runs) and a training batch of 8 of the kaggle store's 80 px images."""
+    for the runs) and a training batch of 8 of the kaggle store's 32 px images."""
     _, config = runs
     steps = steps_lib.build(config, steps_lib.make_mesh(config.batch_size), (CROP, CROP, 4))
     batch = {"image": np.asarray(open_store(config.data.store).images[:8].read().result()),
@@ -198,10 +194,10 @@ def test_the_moving_average_follows_the_formula(averaged):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The model's steps with an EMA of decay 0.9 and 4-view TTA, on a 76 px store: the runs'
+    """The model's steps with an EMA of decay 0.9 and 4-view TTA, on a 28 px store: the runs'
     model input side, so that the model's initialization is the one compiled for them."""
     store = synthetic_store(tmp_path_factory.mktemp("built"), 24, CROP, seed=3)
-    config = tiny_config(store, ema_decay=0.9, tta=4, **{"model.filters": FILTERS})
+    config = tiny_config(store, ema_decay=0.9, tta=4)
     steps = steps_lib.build(config, steps_lib.make_mesh(config.batch_size), (CROP, CROP, 4))
     batch = {"image": np.asarray(open_store(store).images[:8].read().result()),
              "label": np.zeros((8, 28), np.uint8), "mask": np.ones(8, bool)}

@@ -1,9 +1,10 @@
 """Scale-out: the same training on 1 or N devices, in 1 or 2 processes, across a device-count change.
 
-Every run is a ``python -m hpajax.main train`` subprocess: the device count
-(``--xla_force_host_platform_device_count``) must be set before JAX starts.
-Each has a timeout, so a hang (e.g. a process waiting at a collective for a
-peer that died) fails the test instead of blocking CI.
+Every run on more than one device is a ``python -m hpajax.main train``
+subprocess: the device count (``--xla_force_host_platform_device_count``) must
+be set before JAX starts; runs on one device use the test process's. Each
+subprocess has a timeout, so a hang (e.g. a process waiting at a collective for
+a peer that died) fails the test instead of blocking CI.
 """
 
 import json
@@ -18,27 +19,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import PYTHON, REPO, SUITE_XLA_FLAGS, synthetic_store
+from conftest import PYTHON, REPO, SUITE_XLA_FLAGS, synthetic_store, tiny_config
 
 from hpajax import distributed
+from hpajax import train as train_lib
 
 SIZE = 32  # two VALID blocks of kernel 3 need 16 px
 STEPS = 4
 TIMEOUT = 300  # seconds per subprocess
 LR = 1e-3  # the tiny config's learning rate (base_config's)
 # Every run: 4 steps of batch 8, a training-loss record per step, an evaluation
-# (with BN recalibration) and a checkpoint every 2 steps. The model is the tiny
-# config's seed CNN cut to its first two blocks (8 and 16 filters; same head):
-# the same layers and collectives, and a training step that compiles in a
-# third of the time. Compilation is most of every run here: each device count
+# (with BN recalibration) and a checkpoint every 2 steps, of the tiny config's
+# two-block seed CNN. Compilation is most of every run here: each device count
 # and process layout compiles its own programs.
-COMMON = ("--config=experiments/configs/tiny.py", f"--config.total_steps={STEPS}",
-          "--config.model.filters=(8,16)",
-          "--config.log_every=1", "--config.eval_every=2", "--config.checkpoint_every=2")
+RUN = {"total_steps": STEPS, "log_every": 1, "eval_every": 2, "checkpoint_every": 2}
 # The bilinear resampling of the geometric augmentation is off where device
 # counts differ (see test_device_count_changes_only_rounding); brightness stays on.
-NO_RESAMPLING = ("--config.augment.rotate=False", "--config.augment.zoom=False",
-                 "--config.augment.hflip=False", "--config.augment.vflip=False")
+RESAMPLING_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
+COMMON = ("--config=experiments/configs/tiny.py", *(f"--config.{k}={v}" for k, v in RUN.items()))
+NO_RESAMPLING = tuple(f"--config.{k}={v}" for k, v in RESAMPLING_OFF.items())
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +133,17 @@ def assert_same_training(run, reference, steps) -> None:
                                atol=3e-5)
 
 
+def train_here(store, workdir) -> None:
+    """The run of ``train(store, workdir, 1, *NO_RESAMPLING)``, on this process's one device."""
+    assert jax.device_count() == 1
+    train_lib.train_and_evaluate(tiny_config(store, **RUN, **RESAMPLING_OFF), str(workdir))
+
+
 @pytest.fixture(scope="module")
 def one_device(store, tmp_path_factory) -> pathlib.Path:
     """The reference: all steps on one device."""
     workdir = tmp_path_factory.mktemp("one_device") / "run"
-    train(store, workdir, 1, *NO_RESAMPLING)
+    train_here(store, workdir)
     return workdir
 
 
@@ -192,7 +197,7 @@ def test_device_count_changes_only_rounding(one_device, four_devices):
     assert_same_training(four_devices, one_device, steps={1, 2})
 
 
-def test_resume_on_another_device_count(store, one_device, four_devices, tmp_path):
+def test_resume_on_another_device_count(store, one_device, four_devices, tmp_path, capsys):
     """Checkpoint of 4 devices, resumed on 1: continues, and matches a 1-device run.
 
     Orbax restores the replicated state into the new mesh's shardings and the
@@ -202,8 +207,8 @@ def test_resume_on_another_device_count(store, one_device, four_devices, tmp_pat
     """
     workdir = tmp_path / "run"
     shutil.copytree(four_devices, workdir)
-    out = train(store, workdir, 1, *NO_RESAMPLING)
-    assert f"resumed from {workdir / 'checkpoints'} at step 2" in out
+    train_here(store, workdir)
+    assert f"resumed from {workdir / 'checkpoints'} at step 2" in capsys.readouterr().out
     assert [r["step"] for r in records(workdir, "checkpoint")] == [2, 4]
     assert [r["step"] for r in records(workdir, "train")] == [1, 2, 3, 4]
     assert_same_training(workdir, one_device, steps={3, 4})

@@ -17,12 +17,12 @@ from hpajax.data import pipeline
 from hpajax.data.run_data import open_run_data
 from sklearn.metrics import roc_auc_score
 
-SIZE = 80  # the smallest convenient side the four VALID blocks take with kernel 3
+SIZE = 32  # the tiny seed CNN's two VALID blocks of kernel 3 need 16 px
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> pathlib.Path:
-    """128 synthetic samples at 80 px, converted and split 70/10/20."""
+    """128 synthetic samples at 32 px, converted and split 70/10/20."""
     return synthetic_store(tmp_path_factory.mktemp("data"), 128, SIZE)
 
 
@@ -138,15 +138,36 @@ def test_bn_recalibration_gives_exact_statistics_and_fixes_a_short_run(store):
 def test_cli_train_applies_overrides_and_resumes(store, tmp_path):
     cmd = [PYTHON, "-m", "hpajax.main", "train", "--config=experiments/configs/tiny.py",
            f"--config.data.store={store}", "--config.total_steps=2", "--config.eval_every=2",
-           "--config.optimizer.learning_rate=0.002", f"--workdir={tmp_path}"]
+           "--config.optimizer.plateau_patience=7", f"--workdir={tmp_path}"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["total_steps"] == 2 and saved["optimizer"]["learning_rate"] == 0.002
+    assert saved["total_steps"] == 2 and saved["optimizer"]["plateau_patience"] == 7
     assert f"logs: {tmp_path / 'metrics.jsonl'}" in r.stdout and "step 2/2" in r.stdout
     r = subprocess.run(cmd[:-4] + ["--config.total_steps=4", "--config.eval_every=2",
-                                   "--config.optimizer.learning_rate=0.002", f"--workdir={tmp_path}"],
+                                   "--config.optimizer.plateau_patience=7", f"--workdir={tmp_path}"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
     assert [c["step"] for c in records(tmp_path, "checkpoint")] == [2, 3, 4]
+
+
+def test_builds_share_their_programs_unless_a_program_input_differs(store):
+    """A process jits a run's steps once: a build that differs only in what no step
+    computes with (steps, logging, seed, store) gets the same jitted functions, with
+    its own config; any input of a program gets new ones."""
+    data = open_run_data(tiny(store).data)
+    first = train.build_steps(tiny(store), data)
+    again = train.build_steps(tiny(store, total_steps=9, log_every=1, seed=3), data)
+    programs = lambda steps: (steps.train, steps.eval, steps.moments, steps.init)  # noqa: E731
+    assert all(a is b for a, b in zip(programs(again), programs(first)))
+    assert again.config.seed == 3 and again.config.total_steps == 9
+    # The seed is the shared initializer's argument, not a constant in it.
+    kernels = [steps_lib.init_state(s).params["block1_conv1"]["kernel"] for s in (first, again)]
+    assert not np.array_equal(*kernels)
+    for override in ({"model.filters": (8, 8)}, {"loss": "focal"}, {"focal_gamma": 1.0},
+                     {"optimizer.learning_rate": 2e-3}, {"augment.rotate": False},
+                     {"ema_decay": 0.9}, {"tta": 2}, {"data.input_size": 28},
+                     {"data.channels": (0, 1, 2)}):
+        other = train.build_steps(tiny(store, **override), data)
+        assert not any(a is b for a, b in zip(programs(other), programs(first))), override
