@@ -170,6 +170,11 @@ def synthetic_store(root: pathlib.Path, num_samples: int, size: int, seed: int =
     return out
 
 
+# tiny_config overrides that turn the geometric augmentation (bilinear resampling, flips)
+# off: a steadier loss, and programs the tests that use them compile once per suite.
+RESAMPLING_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
+
+
 def tiny_config(store: pathlib.Path, **overrides):
     """experiments/configs/tiny.py on ``store``, with flattened overrides."""
     import runpy

@@ -132,10 +132,9 @@ def test_predict_on_the_kaggle_test_layout(run, tmp_path):
     ids = [line.split(",")[0] for line in lines[1:6]]
     write_quads(tmp_path / "test", ids, size=SIZE)
     (tmp_path / "head.csv").write_text("\n".join(lines[:6]) + "\n")
-    r = _main("predict", f"--workdir={run / 'work'}", f"--input={tmp_path / 'test'}",
-              f"--ids_csv={tmp_path / 'head.csv'}", f"--output_dir={tmp_path / 'out'}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    sub = (tmp_path / "out" / "submission.csv").read_text().splitlines()
+    out = commands.predict_command(run / "work", tmp_path / "test", tmp_path / "out",
+                                   ids_csv=tmp_path / "head.csv")  # as the command calls it
+    sub = (out / "submission.csv").read_text().splitlines()
     assert sub[0] == "Id,Predicted" and [s.split(",")[0] for s in sub[1:]] == ids
     for row in sub[1:]:
         labels = row.split(",")[1].split()

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import PYTHON, REPO, SUITE_XLA_FLAGS, synthetic_store, tiny_config
+from conftest import (PYTHON, REPO, RESAMPLING_OFF, SUITE_XLA_FLAGS, synthetic_store,
+                      tiny_config)
 
 from hpajax import distributed
 from hpajax import train as train_lib
@@ -33,10 +34,9 @@ LR = 1e-3  # the tiny config's learning rate (base_config's)
 # two-block seed CNN. Compilation is most of every run here: each device count
 # and process layout compiles its own programs.
 RUN = {"total_steps": STEPS, "log_every": 1, "eval_every": 2, "checkpoint_every": 2}
+COMMON = ("--config=experiments/configs/tiny.py", *(f"--config.{k}={v}" for k, v in RUN.items()))
 # The bilinear resampling of the geometric augmentation is off where device
 # counts differ (see test_device_count_changes_only_rounding); brightness stays on.
-RESAMPLING_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
-COMMON = ("--config=experiments/configs/tiny.py", *(f"--config.{k}={v}" for k, v in RUN.items()))
 NO_RESAMPLING = tuple(f"--config.{k}={v}" for k, v in RESAMPLING_OFF.items())
 
 

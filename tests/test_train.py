@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, synthetic_store, tiny_config
+from conftest import PYTHON, REPO, RESAMPLING_OFF, synthetic_store, tiny_config
 
 from hpajax import inference, train
 from hpajax import steps as steps_lib
@@ -36,8 +36,7 @@ def records(workdir, split_name):
 
 def test_loss_goes_down_and_logs_are_written(store, tmp_path):
     config = tiny(store, **{"total_steps": 40, "log_every": 10, "eval_every": 40,
-                            "checkpoint_every": 40, "augment.rotate": False,
-                            "augment.zoom": False})
+                            "checkpoint_every": 40, **RESAMPLING_OFF})
     metrics = train.train_and_evaluate(config, str(tmp_path))
     losses = [r["loss"] for r in records(tmp_path, "train")]
     assert len(losses) == 4 and losses == sorted(losses, reverse=True)
@@ -101,8 +100,7 @@ def _val_auc(steps, state, store, rows) -> float:
 
 
 def test_bn_recalibration_gives_exact_statistics_and_fixes_a_short_run(store):
-    config = tiny(store, **{"bn_recalibration_batches": 8, "augment.rotate": False,
-                            "augment.zoom": False})
+    config = tiny(store, **{"bn_recalibration_batches": 8, **RESAMPLING_OFF})
     data = open_run_data(config.data)
     steps = train.build_steps(config, data)
     state = steps_lib.init_state(steps)
