@@ -48,6 +48,8 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "Stop a run at this step if it
                                   "the clock (0: only the clock stops it).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 2000, "Synthetic samples (without --store).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Synthetic image side in px.")
+_NARROW = flags.DEFINE_bool("narrow_model", False, "The seed CNN at the tiny config's width "
+                            "(two blocks of 8 and 16 filters): checks the runner in seconds.")
 
 CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "compare.py"
 RESULT = "compare.json"
@@ -59,6 +61,7 @@ def train(name: str, run: pathlib.Path, store: str, seconds: float | None,
     last saved step."""
     command = [sys.executable, "-m", "hpajax.main", "train", f"--config={CONFIG}:{name}",
                f"--workdir={run}", f"--config.data.store={store}"]
+    command += [f"--config.model.{k}={v}".replace(" ", "") for k, v in narrowed(name).items()]
     if total_steps:
         command.append(f"--config.total_steps={total_steps}")
     if _EVERY.value:
@@ -91,9 +94,16 @@ def scores(run: pathlib.Path, step: int) -> dict:
             "no_skill_macro_f1": test["no_skill_macro_f1"]}
 
 
+def narrowed(name: str) -> dict:
+    """The model fields that ``--narrow_model`` overrides for ``name``."""
+    return config_lib.TINY_SEED_CNN if _NARROW.value and name == "seed_cnn" else {}
+
+
 def param_count(name: str) -> int:
     """The model's trainable values at 4 channels (shapes only, nothing computed)."""
-    model = models.create(config_lib.model_config(name))
+    block = config_lib.model_config(name)
+    block.update(narrowed(name))
+    model = models.create(block)
     x = jax.ShapeDtypeStruct((1, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 4), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     return sum(models.param_counts(shapes["params"]).values())

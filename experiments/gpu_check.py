@@ -12,7 +12,7 @@ through the real loop, compile seconds, peak device memory, Grain samples/s,
 and the PyTorch reference where torch imports. Each configuration is a
 subprocess of its own (this script with ``--one``), so an out-of-memory
 failure or a crash costs that configuration only. ``--smoke`` runs the same
-code paths at toy sizes on the CPU.
+code paths at toy sizes on the CPU (the seed CNN at tiny.py's width).
 
 ``--models`` adds the backbones (``--model=resnet50`` also works): each
 gives the same device-resident train/eval, compile and memory lines at
@@ -197,6 +197,14 @@ def jax_memory(after: str, labels: dict) -> None:
          bytes_limit=None if stats is None else stats.get("bytes_limit"))
 
 
+def toy_width(args: argparse.Namespace, config: Any) -> None:
+    """``--smoke``: the seed CNN at tiny.py's width, a toy size as the others."""
+    from hpajax.config import TINY_SEED_CNN
+
+    if args.smoke and config.model.name == SEED_CNN:
+        config.model.update(TINY_SEED_CNN)
+
+
 def jax_steps(args: argparse.Namespace, model: str, dtype: str, batch: int) -> Steps:
     """The trainer's jitted steps for one model, dtype and batch."""
     import bench_train
@@ -204,6 +212,7 @@ def jax_steps(args: argparse.Namespace, model: str, dtype: str, batch: int) -> S
 
     config = bench_train.make_config(dtype, model=model)
     config.batch_size = config.eval_batch_size = batch
+    toy_width(args, config)
     return steps_lib.build(config, steps_lib.make_mesh(batch), (args.size, args.size, CHANNELS))
 
 
@@ -315,6 +324,7 @@ def child_torch(args: argparse.Namespace, dtype: str, batch: int) -> None:
     device = "cuda" if cuda else "cpu"
     torch.backends.cudnn.benchmark = True
     config = base_config()
+    toy_width(args, config)
     model = bench_train.TorchBench(CHANNELS, config, SEED).model()
     model = model.to(device, memory_format=torch.channels_last)
     o = config.optimizer

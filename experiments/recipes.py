@@ -26,7 +26,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from hpajax import commands, logs, synthetic, train, xla_defaults
+from hpajax import commands, config as config_lib, logs, synthetic, train, xla_defaults
 from hpajax.data import convert, open_store, split
 from hpajax.files import write_atomic, write_json
 
@@ -41,6 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the confi
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1500, "Synthetic Kaggle images.")
 _EXTERNAL_SAMPLES = flags.DEFINE_integer("external_samples", 1500, "Synthetic HPAv18 images.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Stored image side in px.")
+_NARROW = flags.DEFINE_bool("narrow_model", False, "The tiny config's narrow seed CNN (two "
+                            "blocks of 8 and 16 filters): checks the runner in seconds.")
 
 RESULT = "result.json"
 TRAINED_AS = {"tta": "seed"}  # evaluation-only recipes and the runs they evaluate
@@ -76,6 +78,8 @@ def recipe_config(name: str, seed: int, kaggle: str, external: str):
     config.seed = seed
     if _STEPS.value:
         config.total_steps = _STEPS.value
+    if _NARROW.value:
+        config.model.update(config_lib.TINY_SEED_CNN)
     return config
 
 

@@ -31,7 +31,7 @@ import runpy
 import ml_collections
 from absl import app, flags
 
-from hpajax import commands, demo, logs, train, xla_defaults
+from hpajax import commands, config as config_lib, demo, logs, train, xla_defaults
 from hpajax.files import write_atomic
 
 _STORE = flags.DEFINE_string("store", None, "Converted store (default with --quick: a synthetic "
@@ -82,8 +82,7 @@ def adjust(config: ml_collections.ConfigDict, store: str, quick: bool, steps: in
     """Points a config at the store; --quick: CPU-sized batch, steps and evaluations."""
     config.data.store = store
     if narrow:
-        tiny = load_config("tiny").model
-        config.model.filters, config.model.head = tiny.filters, tiny.head
+        config.model.update(config_lib.TINY_SEED_CNN)
     if quick:
         config.batch_size, config.eval_batch_size = 8, 32
         config.total_steps, config.log_every = 40, 10

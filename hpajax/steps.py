@@ -394,7 +394,7 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[
     # One jitted program, compiled at LLVM's optimization level 1: the random
     # initializers' code takes XLA:CPU seconds per layer to optimize fully, for a
     # program that runs once per run (the same values; BENCHMARKS.md, "Test suite").
-    fresh = jax.jit(functools.partial(fresh_state, model=model, tx=tx, plateau=plateau,
+    fresh = jax.jit(functools.partial(_fresh_state, model=model, tx=tx, plateau=plateau,
                                       image_shape=image_shape, ema=bool(ema_decay(config))),
                     out_shardings=rep, compiler_options=_RUN_ONCE)
     return model, tx, plateau, train, evaluate, moments, fresh
@@ -417,8 +417,8 @@ def abstract_state(steps: Steps) -> TrainState:
         shapes)
 
 
-def fresh_state(seed: jax.Array, *, model, tx, plateau, image_shape: tuple[int, int, int],
-                ema: bool) -> TrainState:
+def _fresh_state(seed: jax.Array, *, model, tx, plateau, image_shape: tuple[int, int, int],
+                 ema: bool) -> TrainState:
     """The state before the first step: the model's initializers, fresh optimizer and LR
     plateau states, the augmentation key; ``ema``: averages starting at the weights."""
     init_key, aug_key = jax.random.split(jax.random.PRNGKey(seed))

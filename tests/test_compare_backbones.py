@@ -9,7 +9,8 @@ from conftest import PYTHON, REPO
 def run(workdir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, "experiments/compare_backbones.py", f"--workdir={workdir}", "--models=seed_cnn",
-         "--num_samples=48", "--image_size=80", "--checkpoint_every=4", "--steps=4", *extra],
+         "--num_samples=48", "--image_size=80", "--checkpoint_every=4", "--steps=4",
+         "--narrow_model", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -30,6 +31,8 @@ def test_a_run_stopped_before_the_equal_steps_point_resumes_to_it(tmp_path):
     assert (tmp_path / "seed_cnn" / "report_step4" / "metrics.json").is_file()
     table = (tmp_path / "comparison.md").read_text()
     assert f"| seed_cnn | {result['params']:,} | 2 |" in table
+    saved = json.loads((tmp_path / "seed_cnn" / "config.json").read_text())
+    assert saved["model"]["filters"] == [8, 16]  # --narrow_model reached the trainer
     log = (tmp_path / "seed_cnn" / "train.log").read_text()
     assert "resumed from" in log and "at step 2" in log
     r = run(tmp_path, "--max_steps=2")

@@ -12,7 +12,7 @@ def test_recipes_make_two_stores_train_evaluate_and_tabulate(tmp_path):
     work = tmp_path / "recipes"
     command = [PYTHON, "experiments/recipes.py", f"--workdir={work}", "--steps=2",
                "--num_samples=40", "--external_samples=16", "--seeds=0",
-               "--recipes=seed,tta,external"]
+               "--recipes=seed,tta,external", "--narrow_model"]
     r = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     results = {name: json.loads((work / name / "seed0" / "result.json").read_text())

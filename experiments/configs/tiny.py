@@ -13,7 +13,7 @@ seed's optimizer, BCE and augmentation.
 
 import ml_collections
 
-from hpajax.config import base_config, model_config
+from hpajax.config import TINY_SEED_CNN, base_config, model_config
 
 
 def get_config(model: str = "seed_cnn") -> ml_collections.ConfigDict:
@@ -27,6 +27,5 @@ def get_config(model: str = "seed_cnn") -> ml_collections.ConfigDict:
     config.checkpoint_every = 3
     config.bn_recalibration_batches = 2
     if model == "seed_cnn":
-        config.model.filters = (8, 16)  # two blocks at a quarter of the seed's width
-        config.model.head = (32, 16)
+        config.model.update(TINY_SEED_CNN)  # two blocks at a quarter of the seed's width
     return config
