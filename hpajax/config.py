@@ -78,11 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # torchvision's ImageNet backbones (hpajax/models/resnet.py, densenet.py).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121")
+MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
 # The seed CNN's first two blocks at a quarter of its width: tiny.py's model, and the
 # toy model of the experiments' smoke runs, which check code paths, not scores.
 TINY_SEED_CNN = {"filters": (8, 16), "head": (32, 16)}
-BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121")
-MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
