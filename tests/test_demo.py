@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 from conftest import PYTHON, REPO
 
+from hpajax import demo
 from hpajax.data import open_store
 
 
@@ -17,7 +18,8 @@ def _demo(workdir):
                           capture_output=True, text=True, cwd=REPO)
 
 
-def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path):
+def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path, capsys):
+    """The command line, then the same demo again in this process (what the command runs)."""
     r = _demo(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "samples    60 x 80x80x4 uint8 (red, green, blue, yellow)" in r.stdout
@@ -29,15 +31,13 @@ def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path):
     parts = store.split("default")
     assert [len(p) for p in parts.values()] == [42, 6, 12]
     assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(60))
-    again = _demo(tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert "reusing the synthetic set" in again.stdout and "reusing the saved split" in again.stdout
-    assert "resumed from" in again.stdout and "at step 4" in again.stdout
+    demo.run(tmp_path, num_samples=60, image_size=80, seed=0, workers=2, train_steps=4)
+    again = capsys.readouterr().out
+    assert "reusing the synthetic set" in again and "reusing the saved split" in again
+    assert "resumed from" in again and "at step 4" in again
     result = [line for line in r.stdout.splitlines() if line.startswith("test split")]
-    assert result == [line for line in again.stdout.splitlines()
-                      if line.startswith("test split")]
-    assert re.fullmatch(r"demo done in \d+m\d\ds; everything is in .+",
-                        again.stdout.splitlines()[-1])
+    assert result == [line for line in again.splitlines() if line.startswith("test split")]
+    assert re.fullmatch(r"demo done in \d+m\d\ds; everything is in .+", again.splitlines()[-1])
 
 
 def test_bench_data_prints_one_json_line_per_figure(tmp_path):
