@@ -59,19 +59,21 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data
     train_iter = iter(inference.train_batches(config, data, config.seed,
                                               config.data.num_workers))
     # A resumed run's state comes whole from its checkpoint: no initializers to compile.
+    tensors = None  # config.model.init_from's, read once
     if resuming:
         state = steps_lib.abstract_state(steps)
     else:
         if config.model.get("init_from"):  # a file that does not fit fails before they compile
-            imported_weights(config, steps_lib.abstract_state(steps))
+            tensors = weights.read_safetensors(config.model.init_from)
+            imported_weights(config, tensors, steps_lib.abstract_state(steps))
         state = steps_lib.init_state(steps)
     sums, start = steps_lib.zero_sums(steps), 0
     restored = ckpt.restore_latest(state, sums, train_iter)
     if restored is not None:
         start, state, sums = restored
         print(f"resumed from {workdir / 'checkpoints'} at step {start}")
-    elif config.model.get("init_from"):
-        state = start_from_file(steps, state, config, workdir)
+    elif tensors is not None:
+        state = start_from_file(steps, state, config, workdir, tensors)
     log = logs.MetricsLog(workdir, start)
     print(f"logs: {log.path} and TensorBoard {log.tensorboard_dir}")
     if start == 0 and (data.mixed or data.oversample):
@@ -85,14 +87,14 @@ def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data
 
 
 def start_from_file(steps: Steps, state: TrainState, config: ml_collections.ConfigDict,
-                    workdir: epath.Path) -> TrainState:
-    """``state`` with ``config.model.init_from``'s weights, before the first step.
+                    workdir: epath.Path, tensors: dict[str, np.ndarray]) -> TrainState:
+    """``state`` with ``tensors``, ``config.model.init_from``'s weights, before the first step.
 
     Every tensor of the file, loaded or skipped, is listed in
     ``WORKDIR/init_from.txt``; the optimizer starts afresh.
     """
     path = config.model.init_from
-    imported = imported_weights(config, state)
+    imported = imported_weights(config, tensors, state)
     if jax.process_index() == 0:
         write_atomic(workdir / "init_from.txt", "".join(f"{line}\n" for line in imported.lines()))
     print(f"init_from {path}: {len(imported.loaded)} tensors loaded, "
@@ -105,14 +107,15 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
     return jax.device_put(state, steps.replicated)
 
 
-def imported_weights(config: ml_collections.ConfigDict, state: TrainState) -> weights.Imported:
-    """``config.model.init_from``'s tensors in ``state``'s weights and BatchNorm statistics;
-    raises ValueError naming the tensor that does not fit. Shapes (``abstract_state``)
-    are enough to check a file."""
+def imported_weights(config: ml_collections.ConfigDict, tensors: dict[str, np.ndarray],
+                     state: TrainState) -> weights.Imported:
+    """``tensors``, ``config.model.init_from``'s, in ``state``'s weights and BatchNorm
+    statistics; raises ValueError naming the tensor that does not fit. Shapes
+    (``abstract_state``) are enough to check a file."""
     path = config.model.init_from
     variables = {"params": jax.device_get(state.params),
                  "batch_stats": jax.device_get(state.batch_stats)}
-    return weights.import_state(weights.read_safetensors(path), variables, config.data.channels,
+    return weights.import_state(tensors, variables, config.data.channels,
                                 source=f"config.model.init_from={path}",
                                 yellow_init=config.model.yellow_init)
 
