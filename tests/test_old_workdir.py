@@ -9,7 +9,10 @@ names, the parameter paths, the saved ``config.json`` (which has no
 
 The old code's results were computed on other CPUs than the test's (XLA picks
 kernels by instruction set), so computed values are compared within float32
-rounding; only the restored checkpoint, which is bytes, is compared bitwise.
+rounding; only the restored checkpoint, which is bytes, is compared bitwise. The
+resumed steps run without the geometric augmentation (``RESAMPLING_OFF``), here
+and in the reference: its bilinear sampler may read a neighbouring pixel under
+another compilation (see test_multihost.py), which no rounding tolerance covers.
 """
 
 import json
@@ -18,14 +21,16 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import DATA, tiny_config
+from conftest import DATA, RESAMPLING_OFF, tiny_config
 
 from hpajax import checkpointing, commands, inference, records, train
 
 OLD = DATA / "workdir_v1"
 EXPECTED = json.loads((OLD / "expected.json").read_text())
-# The weights the old code reached at step 6 (workdir_v1/resume_reference.py).
+# The weights and the validation record the old code reached at step 6, resumed without
+# the geometric augmentation (workdir_v1/resume_reference.py).
 REACHED = np.load(OLD / "step6.npz")
+REACHED_VAL = json.loads((OLD / "step6_val.json").read_text())
 # The override of tiny.py the old run was made with (workdir_v1/make.py), and
 # tiny.py's four-block seed CNN of the time (it has two blocks since).
 OVERRIDES = {"keep_checkpoints": 1, "model.filters": (8, 16, 32, 64)}
@@ -77,22 +82,24 @@ def test_it_restores_the_old_checkpoint_bit_for_bit(old_run):
 
 
 def test_it_resumes_to_the_weights_the_old_code_reached(old_run):
-    config = tiny_config(old_run / "store", total_steps=6, **OVERRIDES)
+    config = tiny_config(old_run / "store", total_steps=6, **OVERRIDES, **RESAMPLING_OFF)
     train.train_and_evaluate(config, str(old_run / "run"))
     ours = _leaves(inference.restore(old_run / "run", 6).state)
-    assert ours.keys() == set(REACHED.files) - {"val_loss"}
+    assert ours.keys() == set(REACHED.files)
     # Three Adam steps of at most lr = 1e-3 each: float32 rounding of the gradients
     # (~1e-7 relative, summed in another order on another CPU) moves a weight by far less
     # than 1 % of one step; a step skipped, repeated or taken with other data moves it by
-    # about a step. Same machine as the reference: 0 (AVX2, 2026-12-07).
+    # about a step. Observed (AVX2 machine of the reference; the old code on it with
+    # XLA_FLAGS=--xla_cpu_max_isa=AVX, another set of kernels): weights within 1.2e-7,
+    # BatchNorm statistics (up to ~2.5) within 2.4e-6.
     for key, value in ours.items():
         np.testing.assert_allclose(value, REACHED[key], rtol=1e-5, atol=1e-5, err_msg=key)
     val = [r for r in records.read_records(old_run / "run" / "metrics.jsonl")
            if r["split"] == "val"]
-    assert [r["step"] for r in val] == [r["step"] for r in EXPECTED["val"]]
-    for ours_record, old_record in zip(val, EXPECTED["val"]):
-        # F1s count thresholded decisions; the loss is a mean of float32 terms (1e-7 apart).
-        _assert_close(ours_record, old_record)
+    # Step 3's record is the old run's own line; step 6's was computed now.
+    assert [r["step"] for r in val] == [3, 6] and val[0] == EXPECTED["val"][0]
+    # F1s count thresholded decisions; the loss is a mean of float32 terms (1e-7 apart).
+    _assert_close(val[1], REACHED_VAL)
 
 
 def test_it_evaluates_to_the_numbers_the_old_code_gave(old_run):

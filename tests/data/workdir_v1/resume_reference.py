@@ -1,6 +1,12 @@
 """Resumes workdir_v1's run from step 3 to 6 with the code before issue 11's move and saves
 the weights it reached (``step6.npz``: each leaf of params and batch_stats under its tree
-path, and the step-6 validation loss).
+path) and its step-6 validation record (``step6_val.json``).
+
+The resumed steps run with the geometric augmentation off (``GEOMETRY_OFF``, as the test
+resumes): its bilinear sampler can read a neighbouring pixel on another CPU (another
+compilation rounds the sampling coordinate differently in the index and in the weight),
+which moves thousands of weights by a whole Adam step; brightness, the data order and
+everything else stay as the run saved them.
 
 Run from a checkout of commit 400326b:
   python /path/to/tests/data/workdir_v1/resume_reference.py /path/to/tests/data/workdir_v1
@@ -27,8 +33,10 @@ def keeping(params, batch_stats):
             reached[name + jax.tree_util.keystr(path)] = np.asarray(leaf)
     return digest(params, batch_stats)
 checkpointing.params_sha256 = keeping
-train.train_and_evaluate(tiny_config(scratch / "store", total_steps=6, keep_checkpoints=1),
-                         str(scratch / "run"))
+GEOMETRY_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
+train.train_and_evaluate(tiny_config(scratch / "store", total_steps=6, keep_checkpoints=1,
+                                     **GEOMETRY_OFF), str(scratch / "run"))
 val = [r for r in logs.read_records(scratch / "run" / "metrics.jsonl") if r["split"] == "val"]
-np.savez(old / "step6.npz", val_loss=np.float64(val[-1]["loss"]), **reached)
+np.savez(old / "step6.npz", **reached)
+(old / "step6_val.json").write_text(json.dumps(val[-1], indent=1, sort_keys=True) + "\n")
 shutil.rmtree(scratch)
