@@ -20,10 +20,13 @@ from hpajax import xla_defaults  # noqa: E402
 # The XLA:CPU flags main() applies: in-process results then match the
 # command-line runs bit for bit, and the suite runs at the users' speed.
 xla_defaults.apply_cpu_defaults()
-# Compilation is most of the suite's time, and LLVM's full optimization most of that:
-# the tests (and the commands they start, which inherit XLA_FLAGS) compile at level 1,
-# about a fifth faster on the whole for programs that run a few tiny steps.
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=1"
+# Compilation is most of the suite's time. The tests (and the commands they start, which
+# inherit XLA_FLAGS) compile at LLVM's optimization level 1, and their elementwise fusions
+# with XLA:CPU's loop emitters instead of its newer MLIR fusion emitters, which take about
+# twice as long to compile programs that then run a few tiny steps (BENCHMARKS.md, "Test
+# suite"). Results differ from the users' defaults within rounding, as on another CPU;
+# runs on one machine stay bitwise equal, which is all the tests compare bitwise.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
 # One JAX persistent compilation cache for the whole session, empty at its
