@@ -57,12 +57,30 @@ def plotting_available() -> bool:
     return True
 
 
-def _new_figure(width: float, height: float) -> Any:
-    """A figure with constrained layout, on an Agg canvas (no display needed)."""
+def _new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
+    """A figure on an Agg canvas (no display needed), with constrained layout unless
+    ``layout`` is None (then ``_grid`` places its axes)."""
     figure_cls, canvas_cls = _matplotlib()
-    figure = figure_cls(figsize=(width, height), layout="constrained")
+    figure = figure_cls(figsize=(width, height), layout=layout)
     canvas_cls(figure)
     return figure
+
+
+def _grid(figure: Any, rows: int, cols: int, margins: tuple[float, float, float, float],
+          gaps: tuple[float, float], **subplots: Any) -> np.ndarray:
+    """``rows`` x ``cols`` axes at fixed margins (left, right, bottom, top) and gaps
+    (between columns, between rows), all in inches.
+
+    For the figures with many panels: constrained layout measures every tick
+    label of every panel and takes most of their drawing time.
+    """
+    width, height = figure.get_size_inches()
+    left, right, bottom, top = margins
+    cell_w = (width - left - right - (cols - 1) * gaps[0]) / cols
+    cell_h = (height - bottom - top - (rows - 1) * gaps[1]) / rows
+    return figure.subplots(rows, cols, squeeze=False, gridspec_kw=dict(
+        left=left / width, right=1 - right / width, bottom=bottom / height,
+        top=1 - top / height, wspace=gaps[0] / cell_w, hspace=gaps[1] / cell_h), **subplots)
 
 
 def _save(figure: Any, path: str | os.PathLike) -> epath.Path:
@@ -116,8 +134,10 @@ def roc_figure(path: str | os.PathLike, curves: Sequence[RocCurve | None],
     checked = [None if c is None else _checked_curve(i, c) for i, c in enumerate(curves)]
     num_cols = min(_ROC_COLUMNS, len(checked))
     num_rows = -(-len(checked) // num_cols)
-    figure = _new_figure(2.0 * num_cols, 2.0 * num_rows + 0.5)
-    axes = figure.subplots(num_rows, num_cols, sharex=True, sharey=True, squeeze=False).ravel()
+    figure = _new_figure(2.0 * num_cols, 2.0 * num_rows + 0.5, layout=None)
+    axes = _grid(figure, num_rows, num_cols, margins=(0.65, 0.1, 0.6, 0.45), gaps=(0.1, 0.45),
+                 sharex=True, sharey=True).ravel()
+    axes[0].set(xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])  # shared by every panel
     for ax, name, curve in zip(axes, class_names, checked):
         ax.plot([0, 1], [0, 1], color=_OTHER, linestyle="--", linewidth=0.8)
         if curve is None:
@@ -252,8 +272,9 @@ def prediction_montage(path: str | os.PathLike, images: np.ndarray, probs: np.nd
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     num, classes = len(images), len(CLASS_NAMES)
-    figure = _new_figure(13.0, 2.3 * num + 1.6)
-    axes = figure.subplots(num, 2, squeeze=False, width_ratios=[1, 4])
+    figure = _new_figure(13.0, 2.3 * num + 1.6, layout=None)
+    axes = _grid(figure, num, 2, margins=(0.1, 0.15, 1.6, 0.8), gaps=(0.5, 0.35),
+                 width_ratios=[1, 4])
     xs = np.arange(classes)
     for i, (image_ax, bar_ax) in enumerate(axes):
         image_ax.imshow(stretch_to_uint8(composite_rgb(images[i])))
@@ -280,4 +301,4 @@ def _montage_legend(figure: Any) -> None:
                Patch(color=_FALSE_HIT, label="false positive"),
                Patch(color=_OTHER, label="other"),
                Line2D([], [], color="black", label="threshold")]
-    figure.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8)
+    figure.legend(handles=handles, loc="lower center", ncols=5, fontsize=8)
