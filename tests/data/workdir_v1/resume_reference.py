@@ -8,8 +8,9 @@ compilation rounds the sampling coordinate differently in the index and in the w
 which moves thousands of weights by a whole Adam step; brightness, the data order and
 everything else stay as the run saved them.
 
-Run from a checkout of commit 400326b:
-  python /path/to/tests/data/workdir_v1/resume_reference.py /path/to/tests/data/workdir_v1
+Run from a checkout of commit 400326b (its hpajax first on the path):
+  PYTHONPATH=. python /path/to/tests/data/workdir_v1/resume_reference.py \
+      /path/to/tests/data/workdir_v1
 """
 import json, pathlib, shutil, sys, tempfile
 import jax, numpy as np
