@@ -2,7 +2,7 @@
 the weights it reached (``step6.npz``: each leaf of params and batch_stats under its tree
 path) and its step-6 validation record (``step6_val.json``).
 
-The resumed steps run with the geometric augmentation off (``GEOMETRY_OFF``, as the test
+The resumed steps run with the geometric augmentation off (``RESAMPLING_OFF``, as the test
 resumes): its bilinear sampler can read a neighbouring pixel on another CPU (another
 compilation rounds the sampling coordinate differently in the index and in the weight),
 which moves thousands of weights by a whole Adam step; brightness, the data order and
@@ -34,9 +34,10 @@ def keeping(params, batch_stats):
             reached[name + jax.tree_util.keystr(path)] = np.asarray(leaf)
     return digest(params, batch_stats)
 checkpointing.params_sha256 = keeping
-GEOMETRY_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
+# tests/conftest.py's RESAMPLING_OFF, which 400326b's conftest lacks
+RESAMPLING_OFF = {f"augment.{op}": False for op in ("rotate", "zoom", "hflip", "vflip")}
 train.train_and_evaluate(tiny_config(scratch / "store", total_steps=6, keep_checkpoints=1,
-                                     **GEOMETRY_OFF), str(scratch / "run"))
+                                     **RESAMPLING_OFF), str(scratch / "run"))
 val = [r for r in logs.read_records(scratch / "run" / "metrics.jsonl") if r["split"] == "val"]
 np.savez(old / "step6.npz", **reached)
 (old / "step6_val.json").write_text(json.dumps(val[-1], indent=1, sort_keys=True) + "\n")
