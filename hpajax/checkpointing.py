@@ -84,6 +84,10 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.manager.best_step()
 
+    def default_step(self) -> int | None:
+        """The step evaluated and served unless one is named: the best, else the latest."""
+        return self.best_step() or self.latest_step()
+
     def save(self, step: int, state: Any, sums: Any, iterator_state: dict,
              metrics: dict[str, float] | None = None) -> None:
         """Starts writing a step; returns before the write completes."""

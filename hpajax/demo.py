@@ -8,6 +8,7 @@ is missing, and training resumes from its checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import time
@@ -15,7 +16,7 @@ import time
 import ml_collections
 
 from hpajax import config as config_lib
-from hpajax import commands, synthetic, train
+from hpajax import checkpointing, commands, report, synthetic, train
 from hpajax.data import convert, open_store, split, summary
 from hpajax.files import local_path
 
@@ -53,6 +54,23 @@ def prepare_store(workdir: pathlib.Path, num_samples: int, image_size: int, seed
     return out
 
 
+def report_of_best(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> dict:
+    """The best checkpoint's ``report/metrics.json``: reused if that step has one, else
+    evaluated (after more training, the best step may have moved)."""
+    ckpt = checkpointing.Checkpointer.of_run(run_dir, config)
+    try:
+        step = ckpt.default_step()
+    finally:
+        ckpt.close()
+    saved = run_dir / report.REPORT_DIR / "metrics.json"
+    if saved.is_file() and json.loads(saved.read_text())["step"] == step:
+        print(f"[5/5] reusing the report of the best checkpoint (step {step}) in "
+              f"{saved.parent}")
+        return json.loads(saved.read_text())
+    print(f"[5/5] evaluating the best checkpoint into {saved.parent}")
+    return commands.evaluate_command(run_dir)
+
+
 def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int,
         workers: int, train_steps: int | None = None) -> dict[str, float]:
     """Runs the demo in ``workdir``; returns the best checkpoint's report metrics."""
@@ -63,8 +81,7 @@ def run(workdir: str | os.PathLike, num_samples: int, image_size: int, seed: int
     run_dir = workdir / "run"
     print(f"[4/5] training {config.total_steps} steps in {run_dir}")
     train.train_and_evaluate(config, str(run_dir))
-    print(f"[5/5] evaluating the best checkpoint into {run_dir / 'report'}")
-    metrics = commands.evaluate_command(run_dir)
+    metrics = report_of_best(run_dir, config)
     test = metrics[config.data.test_part]
     print(f"test split, best checkpoint (step {metrics['step']}): macro-F1 "
           f"{test['threshold_0.5']['macro_f1']:.3f} at threshold 0.5, "

@@ -146,7 +146,7 @@ def _chosen_step(ckpt: checkpointing.Checkpointer, step: int | None,
     saved = ckpt.manager.all_steps()
     if not saved:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
-    step = (ckpt.best_step() or ckpt.latest_step()) if step is None else step
+    step = ckpt.default_step() if step is None else step
     if step not in saved:
         raise ValueError(f"--step={step}: no such checkpoint in {workdir}/checkpoints "
                          f"(saved: {', '.join(map(str, sorted(saved)))})")

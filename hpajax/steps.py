@@ -23,7 +23,7 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hpajax import augment, losses, models
+from hpajax import augment, losses, models, xla_defaults
 from hpajax import tta as tta_lib
 from hpajax.models.layers import HEAD_NAMES
 
@@ -391,16 +391,14 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
                                         size=size, norm=norm, crop=crop),
                       in_shardings=(rep, data), out_shardings=rep)
-    # One jitted program, compiled at LLVM's optimization level 1: the random
-    # initializers' code takes XLA:CPU seconds per layer to optimize fully, for a
-    # program that runs once per run (the same values; BENCHMARKS.md, "Test suite").
+    # One jitted program, compiled at LLVM's optimization level 1 unless XLA_FLAGS names
+    # one: the random initializers' code takes XLA:CPU seconds per layer to optimize
+    # fully, for a program that runs once per run (the same values; BENCHMARKS.md,
+    # "Test suite").
     fresh = jax.jit(functools.partial(_fresh_state, model=model, tx=tx, plateau=plateau,
                                       image_shape=image_shape, ema=bool(ema_decay(config))),
-                    out_shardings=rep, compiler_options=_RUN_ONCE)
+                    out_shardings=rep, compiler_options=xla_defaults.one_off_compiler_options())
     return model, tx, plateau, train, evaluate, moments, fresh
-
-
-_RUN_ONCE = {"xla_backend_optimization_level": 1}  # compiler options of one-off programs
 
 
 def init_state(steps: Steps) -> TrainState:

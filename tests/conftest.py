@@ -21,13 +21,30 @@ from hpajax import xla_defaults  # noqa: E402
 # command-line runs bit for bit, and the suite runs at the users' speed.
 xla_defaults.apply_cpu_defaults()
 # Compilation is most of the suite's time. The tests (and the commands they start, which
-# inherit XLA_FLAGS) compile at LLVM's optimization level 1, and their elementwise fusions
-# with XLA:CPU's loop emitters instead of its newer MLIR fusion emitters, which take about
-# twice as long to compile programs that then run a few tiny steps (BENCHMARKS.md, "Test
-# suite"). Results differ from the users' defaults within rounding, as on another CPU;
-# runs on one machine stay bitwise equal, which is all the tests compare bitwise.
+# inherit the environment) compile their elementwise fusions with XLA:CPU's loop emitters
+# instead of its newer MLIR fusion emitters, and with JAX's "disable most optimizations"
+# (LLVM's optimization level 0, no expensive passes): programs that then run a few tiny
+# steps compile in less than half the time (BENCHMARKS.md, "Test suite"). The tests whose
+# steps cost more than their compilation (ResNet-18's) or whose tolerances were measured
+# at level 1 run at level 1 (``optimized``). Results differ from the users' defaults within
+# rounding, as on another CPU; runs on one machine stay bitwise equal, which is all the
+# tests compare bitwise.
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+
+
+@pytest.fixture(scope="module")
+def optimized():
+    """LLVM's level 1 for the module's programs, in-process and in the commands it starts."""
+    import jax  # noqa: PLC0415  (imported by the tests anyway; conftest stays JAX-free)
+
+    jax.config.update("jax_disable_most_optimizations", False)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "false"
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+
 
 # One JAX persistent compilation cache for the whole session, empty at its
 # start: the tests and every `python -m hpajax.main` they start compile the

@@ -34,6 +34,7 @@ def test_demo_generates_converts_splits_trains_and_tests_then_reuses(tmp_path, c
     demo.run(tmp_path, num_samples=60, image_size=80, seed=0, workers=2, train_steps=4)
     again = capsys.readouterr().out
     assert "reusing the synthetic set" in again and "reusing the saved split" in again
+    assert "[5/5] reusing the report of the best checkpoint (step 4)" in again
     assert "resumed from" in again and "at step 4" in again
     result = [line for line in r.stdout.splitlines() if line.startswith("test split")]
     assert result == [line for line in again.splitlines() if line.startswith("test split")]

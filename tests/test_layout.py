@@ -13,7 +13,7 @@ from conftest import REPO
 
 FLOORS = {
     "ground": ["hpajax", "classes", "files", "records", "evaluate", "predictions",
-               "submission", "display", "config", "data.labels", "data.images"],
+               "submission", "display", "config", "data.labels", "data.images", "xla_defaults"],
     "data": ["data", "data.kvstores", "data.store", "data.split", "data.summary", "data.convert",
              "data.sources", "data.pipeline", "data.run_data", "data.dedupe", "synthetic",
              "synthetic.label_model", "synthetic.scene", "synthetic.patterns", "synthetic.render",
@@ -22,8 +22,7 @@ FLOORS = {
              "models.weights",
              "augment", "tta", "losses"],
     "steps": ["steps"],
-    "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "xla_defaults",
-            "inference"],
+    "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "inference"],
     "top": ["train", "commands", "demo", "main"],
 }
 BESIDE = ["report", "figures", "grids"]

@@ -246,6 +246,12 @@ def test_another_jaxlib_gets_no_flags_and_a_warning():
     assert environ == {"XLA_FLAGS": "--xla_dump_to=/tmp/dump"}
 
 
+def test_one_off_programs_compile_at_level_1_unless_xla_flags_name_a_level():
+    assert xla_defaults.one_off_compiler_options({}) == {"xla_backend_optimization_level": 1}
+    assert xla_defaults.one_off_compiler_options(
+        {"XLA_FLAGS": "--xla_dump_to=/tmp/d --xla_backend_optimization_level=0"}) == {}
+
+
 def test_the_pinned_versions_are_the_measured_ones():
     """constraints.txt (what setup and CI install) pins a jaxlib the CPU flags
     were measured on, and the installed one is that pin; pyproject.toml keeps

@@ -1,9 +1,9 @@
 """Scale-out: the same training on 1 or N devices, in 1 or 2 processes, across a device-count change.
 
-Every run on more than one device is a ``python -m hpajax.main train``
-subprocess: the device count (``--xla_force_host_platform_device_count``) must
-be set before JAX starts; runs on one device use the test process's. Each
-subprocess has a timeout, so a hang (e.g. a process waiting at a collective for
+Every run is a ``python -m hpajax.main train`` subprocess: the device count
+(``--xla_force_host_platform_device_count``) and the optimization level of the
+runs compared up to rounding must be set before JAX starts. Each subprocess
+has a timeout, so a hang (e.g. a process waiting at a collective for
 a peer that died) fails the test instead of blocking CI.
 """
 
@@ -19,11 +19,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import (PYTHON, REPO, RESAMPLING_OFF, SUITE_XLA_FLAGS, synthetic_store,
-                      tiny_config)
+from conftest import PYTHON, REPO, RESAMPLING_OFF, SUITE_XLA_FLAGS, synthetic_store
 
 from hpajax import distributed
-from hpajax import train as train_lib
 
 SIZE = 32  # two VALID blocks of kernel 3 need 16 px
 STEPS = 4
@@ -38,6 +36,11 @@ COMMON = ("--config=experiments/configs/tiny.py", *(f"--config.{k}={v}" for k, v
 # The bilinear resampling of the geometric augmentation is off where device
 # counts differ (see test_device_count_changes_only_rounding); brightness stays on.
 NO_RESAMPLING = tuple(f"--config.{k}={v}" for k, v in RESAMPLING_OFF.items())
+# The runs compared across device counts compile at LLVM's optimization level 1, where
+# their tolerances were measured. At the rest of the suite's level 0 (conftest.py) the
+# 1- and 4-device programs round further apart (observed there: 99.9 % of the parameters
+# within 1.6e-5 of each other, not 7.5e-8; batch statistics within 8.5e-5, not 3e-6).
+LEVEL_1 = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +49,13 @@ def store(tmp_path_factory) -> pathlib.Path:
     return synthetic_store(tmp_path_factory.mktemp("data"), 64, SIZE)
 
 
-def env(devices: int) -> dict:
-    """The environment of a run on ``devices`` forced CPU devices, with no cluster in sight."""
+def env(devices: int, **variables: str) -> dict:
+    """The environment of a run on ``devices`` forced CPU devices, with no cluster in sight,
+    plus ``variables``."""
     out = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
     out["XLA_FLAGS"] = f"{SUITE_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
-    return out
+    return {**out, **variables}
 
 
 def train_cmd(store, workdir, *flags) -> list[str]:
@@ -59,9 +63,10 @@ def train_cmd(store, workdir, *flags) -> list[str]:
             f"--workdir={workdir}", *flags]
 
 
-def train(store, workdir, devices: int, *flags) -> str:
-    """One single-process run; returns its stdout."""
-    r = subprocess.run(train_cmd(store, workdir, *flags), cwd=REPO, env=env(devices),
+def train(store, workdir, devices: int, *flags, variables: dict | None = None) -> str:
+    """One single-process run, ``variables`` added to its environment; returns its stdout."""
+    r = subprocess.run(train_cmd(store, workdir, *flags), cwd=REPO,
+                       env=env(devices, **(variables or {})),
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
@@ -133,17 +138,11 @@ def assert_same_training(run, reference, steps) -> None:
                                atol=3e-5)
 
 
-def train_here(store, workdir) -> None:
-    """The run of ``train(store, workdir, 1, *NO_RESAMPLING)``, on this process's one device."""
-    assert jax.device_count() == 1
-    train_lib.train_and_evaluate(tiny_config(store, **RUN, **RESAMPLING_OFF), str(workdir))
-
-
 @pytest.fixture(scope="module")
 def one_device(store, tmp_path_factory) -> pathlib.Path:
     """The reference: all steps on one device."""
     workdir = tmp_path_factory.mktemp("one_device") / "run"
-    train_here(store, workdir)
+    train(store, workdir, 1, *NO_RESAMPLING, variables=LEVEL_1)
     return workdir
 
 
@@ -151,7 +150,7 @@ def one_device(store, tmp_path_factory) -> pathlib.Path:
 def four_devices(store, tmp_path_factory) -> pathlib.Path:
     """Steps 1-2 on four devices."""
     workdir = tmp_path_factory.mktemp("four_devices") / "run"
-    train(store, workdir, 4, *NO_RESAMPLING, "--config.total_steps=2")
+    train(store, workdir, 4, *NO_RESAMPLING, "--config.total_steps=2", variables=LEVEL_1)
     return workdir
 
 
@@ -197,7 +196,7 @@ def test_device_count_changes_only_rounding(one_device, four_devices):
     assert_same_training(four_devices, one_device, steps={1, 2})
 
 
-def test_resume_on_another_device_count(store, one_device, four_devices, tmp_path, capsys):
+def test_resume_on_another_device_count(store, one_device, four_devices, tmp_path):
     """Checkpoint of 4 devices, resumed on 1: continues, and matches a 1-device run.
 
     Orbax restores the replicated state into the new mesh's shardings and the
@@ -207,8 +206,8 @@ def test_resume_on_another_device_count(store, one_device, four_devices, tmp_pat
     """
     workdir = tmp_path / "run"
     shutil.copytree(four_devices, workdir)
-    train_here(store, workdir)
-    assert f"resumed from {workdir / 'checkpoints'} at step 2" in capsys.readouterr().out
+    out = train(store, workdir, 1, *NO_RESAMPLING, variables=LEVEL_1)
+    assert f"resumed from {workdir / 'checkpoints'} at step 2" in out
     assert [r["step"] for r in records(workdir, "checkpoint")] == [2, 4]
     assert [r["step"] for r in records(workdir, "train")] == [1, 2, 3, 4]
     assert_same_training(workdir, one_device, steps={3, 4})

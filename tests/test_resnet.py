@@ -1,10 +1,8 @@
 """hpajax.models.resnet: torchvision's ResNets, their sizes, stem padding, remat, dropout.
 
 Parameter counts and shapes are traced only (``jax.eval_shape``); the
-compiled checks use ResNet-18 at 32 px.
+compiled checks use ResNet-18 at 32 px (remat's, a ResNet of one block per stage).
 """
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -164,34 +162,46 @@ def test_conv_init_is_torchvision_kaiming_normal(variables18):
     np.testing.assert_array_equal(bn["bias"], 0.0)
 
 
-def test_remat_same_values_and_gradients(net18, variables18, x):
-    """``remat=True`` keeps the variables' structure, logits, gradients and statistics."""
-    remat = variant("resnet18", remat=True)
+def test_remat_same_values_and_gradients():
+    """``remat=True`` keeps the variables' structure, logits, gradients and statistics.
+
+    On a ResNet of one basic block per stage (the blocks are what remat wraps; half
+    of ResNet-18's to compile) and 8 images: training-mode BatchNorm
+    over a 1x1 layer4 of 2 images makes the gradients chaotic, so that two compilations
+    of the same sums could differ in sign. Over 8, the two agree to float32 rounding of
+    their size: 1e-4 of each gradient's largest entry (observed: 1.1e-5 at LLVM's
+    optimization level 0, equal at level 1).
+    """
+    plain, remat = (resnet.ResNet(stage_sizes=(1, 1, 1, 1), remat=r) for r in (False, True))
+    x = images(8, SIZE, seed=1)
+    variables = jax.jit(lambda x: plain.init(jax.random.key(1), x, train=False))(x)
     assert (jax.tree.structure(abstract_init(remat, x.shape))
-            == jax.tree.structure(abstract_init(net18, x.shape)))
+            == jax.tree.structure(abstract_init(plain, x.shape)))
 
     def checkpoints(net):
         """Top-level jax.checkpoint calls in the traced forward pass (one per block)."""
-        jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables18, x)
+        jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables, x)
         return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
                    for eqn in jaxpr.jaxpr.eqns)
 
-    assert (checkpoints(remat), checkpoints(net18)) == (8, 0)
+    assert (checkpoints(remat), checkpoints(plain)) == (4, 0)
 
     def eval_logits(net):
-        return jax.jit(lambda v, x: net.apply(v, x, train=False))(variables18, x)
+        return jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
 
-    np.testing.assert_allclose(eval_logits(remat), eval_logits(net18), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(eval_logits(remat), eval_logits(plain), rtol=1e-6, atol=1e-6)
 
     def grads(net):
         def loss(params):
-            logits, updates = net.apply({**variables18, "params": params}, x, train=True,
+            logits, updates = net.apply({**variables, "params": params}, x, train=True,
                                         mutable=["batch_stats"])
             return jnp.sum(logits * jnp.arange(28.0) / 28), updates["batch_stats"]
-        return jax.jit(jax.grad(loss, has_aux=True))(variables18["params"])
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-    (g_remat, s_remat), (g_plain, s_plain) = grads(remat), grads(net18)
-    close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+    def close(got, want):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+    (g_remat, s_remat), (g_plain, s_plain) = grads(remat), grads(plain)
     jax.tree.map(close, g_remat, g_plain)
     jax.tree.map(close, s_remat, s_plain)
 

@@ -1,5 +1,6 @@
 """Importing torchvision-named weights into the backbones (hpajax.models.weights)."""
 
+import functools
 import runpy
 
 import jax
@@ -46,8 +47,8 @@ def test_imported_weights_give_torchvisions_logits(name, model):
         x = np.random.default_rng(int(ref["input_seed"])).random(
             tuple(ref["input_shape"]), dtype=np.float32)
         expected = ref[f"{name}_logits"]
-    logits = model.apply({"params": imported.params, "batch_stats": imported.batch_stats},
-                         x.transpose(0, 2, 3, 1), train=False)
+    logits = jax.jit(functools.partial(model.apply, train=False))(
+        {"params": imported.params, "batch_stats": imported.batch_stats}, x.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
