@@ -91,7 +91,9 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
     """``state`` with ``tensors``, ``config.model.init_from``'s weights, before the first step.
 
     Every tensor of the file, loaded or skipped, is listed in
-    ``WORKDIR/init_from.txt``; the optimizer starts afresh.
+    ``WORKDIR/init_from.txt``; the optimizer starts afresh: ``state``'s optimizer and
+    plateau states are ``init_state``'s, which depend on the parameters' shapes only
+    (re-initializing them outside a jitted program compiled one tiny program per shape).
     """
     path = config.model.init_from
     imported = imported_weights(config, tensors, state)
@@ -100,8 +102,6 @@ def start_from_file(steps: Steps, state: TrainState, config: ml_collections.Conf
     print(f"init_from {path}: {len(imported.loaded)} tensors loaded, "
           f"{len(imported.skipped)} skipped (the list: {workdir / 'init_from.txt'})")
     state = state.replace(params=imported.params, batch_stats=imported.batch_stats,
-                          opt_state=steps.tx.init(imported.params),
-                          plateau=steps.plateau.init(imported.params),
                           ema=None if state.ema is None else {
                               "params": imported.params, "batch_stats": imported.batch_stats})
     return jax.device_put(state, steps.replicated)

@@ -1,5 +1,6 @@
 """The torchvision backbones through the trainer's own loop and commands, at toy size."""
 
+import functools
 import json
 import pathlib
 import signal
@@ -144,6 +145,6 @@ def test_imagenet_normalization_is_what_the_model_sees(store, weights_file):
     mean = np.array([0.485, 0.456, 0.406, 0.4705])
     std = np.array([0.229, 0.224, 0.225, 0.2265])
     x = ((batch["image"] / 255.0 - mean) / std).astype(np.float32)
-    logits = steps.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                               train=False)
+    logits = jax.jit(functools.partial(steps.model.apply, train=False))(
+        {"params": state.params, "batch_stats": state.batch_stats}, x)
     np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), atol=1e-5)

@@ -5,13 +5,16 @@ import struct
 import subprocess
 
 from conftest import PYTHON, REPO
-from tensorboardX.proto import event_pb2
 
 from hpajax.logs import MetricsLog
 
 
 def _events(directory):
     """Every Event in a TensorBoard directory, read from its TFRecord framing."""
+    # Imported once MetricsLog has loaded tensorboardX without torch: at the top of this
+    # module it would import torch (3.6 s, where installed) in every worker's collection.
+    from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
     events = []
     for path in sorted(directory.glob("events.out.tfevents.*")):
         data, offset = path.read_bytes(), 0

@@ -1,5 +1,6 @@
 """hpajax.models (the seed CNN, its layers, the registry) and hpajax.xla_defaults."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -179,13 +180,14 @@ def test_batch_norm_relu_equals_flax_batch_norm_then_relu(shape, train):
     variables = _batch_norm_variables(shape[-1])
     ours = lambda v, x: layers.BatchNormReLU(use_running_average=not train).apply(  # noqa: E731
         v, x, mutable=["batch_stats"])
-    results = []
-    for fn in (ours, _flax_batch_norm_relu(train)):
-        (y, stats), pullback = jax.vjp(lambda p, x: fn({**variables, "params": p}, x),
-                                       variables["params"], x)
-        grads = pullback((cotangent, jax.tree.map(jnp.zeros_like, stats)))
-        results.append((y, stats, grads))
-    (y, stats, grads), (y_ref, stats_ref, grads_ref) = results
+
+    @functools.partial(jax.jit, static_argnums=0)  # one compilation each, not one per op
+    def outputs_and_grads(fn, params, x):
+        (y, stats), pullback = jax.vjp(lambda p, x: fn({**variables, "params": p}, x), params, x)
+        return y, stats, pullback((cotangent, jax.tree.map(jnp.zeros_like, stats)))
+
+    (y, stats, grads), (y_ref, stats_ref, grads_ref) = (
+        outputs_and_grads(fn, variables["params"], x) for fn in (ours, _flax_batch_norm_relu(train)))
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  (stats, grads), (stats_ref, grads_ref))
