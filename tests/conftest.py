@@ -26,7 +26,8 @@ xla_defaults.apply_cpu_defaults()
 # (LLVM's optimization level 0, no expensive passes): programs that then run a few tiny
 # steps compile in less than half the time (BENCHMARKS.md, "Test suite"). The tests whose
 # steps cost more than their compilation (ResNet-18's) or whose tolerances were measured
-# at level 1 run at level 1 (``optimized``). Results differ from the users' defaults within
+# at level 1 run at level 1 (the ``optimized`` fixture, or the variable set to false in a
+# command's environment). Results differ from the users' defaults within
 # rounding, as on another CPU; runs on one machine stay bitwise equal, which is all the
 # tests compare bitwise.
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
