@@ -78,10 +78,10 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # worker from picking up a long file near the end while the other idles.
 _SLOWEST_FIRST = ("test_object_storage.py", "test_multihost.py", "test_backbones.py",
                   "test_faults.py", "test_demo.py", "test_commands.py", "test_gpu_check.py",
-                  "test_sweep.py", "test_weights.py", "test_train.py", "test_model.py",
-                  "test_resnet.py", "test_ingredients.py", "test_report.py", "test_recipes.py",
-                  "test_augment.py", "test_split.py", "test_densenet.py",
-                  "test_compare_backbones.py", "test_old_workdir.py")
+                  "test_compare_backbones.py", "test_split.py", "test_recipes.py",
+                  "test_sweep.py", "test_train.py", "test_resnet.py", "test_model.py",
+                  "test_report.py", "test_convert.py", "test_augment.py", "test_ingredients.py",
+                  "test_densenet.py", "test_weights.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
