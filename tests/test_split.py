@@ -373,3 +373,36 @@ def test_bench_split_keeps_hpav18_antibodies_in_one_part():
     for d in ours:
         assert d["groups"] == 12815 and d["groups_on_two_sides"] == 0
         assert d["max_size_dev"] <= 2 and d["max_class_dev"] <= 4
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_repair_step_is_the_best_move_or_swap_by_brute_force(grouped):
+    """``_best_step`` against every single move and swap of label sets, each costed by
+    recomputing the whole split's cost; some sets are absent from some parts (the swaps
+    are searched over the sets each part holds), and the best step is a swap."""
+    rng = np.random.default_rng(2)
+    units = rng.integers(0, 3 if grouped else 2, (40, 6))
+    units[:, -1] = rng.integers(1, 4, 40) if grouped else 1  # the size column
+    patterns = np.unique(units, axis=0).astype(np.float64)
+    counts = rng.integers(0, 3, (3, len(patterns))) * (rng.random((3, len(patterns))) < 0.6)
+    ideal = np.full((3, 1), 1 / 3) * (counts.sum(0) @ patterns)
+    cost = (split._group_cost if grouped else split._sample_cost)(units)
+    total = lambda c: cost(c @ patterns - ideal).sum()  # noqa: E731
+
+    def moved(c, a, b, i, j=-1):
+        c = c.copy()
+        c[a, i], c[b, i] = c[a, i] - 1, c[b, i] + 1
+        if j >= 0:
+            c[b, j], c[a, j] = c[b, j] - 1, c[a, j] + 1
+        return c
+
+    gains = [total(moved(counts, a, b, i)) - total(counts)
+             for a in range(3) for b in range(3) if a != b
+             for i in np.flatnonzero(counts[a] > 0)]
+    gains += [total(moved(counts, a, b, i, j)) - total(counts)
+              for a in range(3) for b in range(a + 1, 3)
+              for i in np.flatnonzero(counts[a] > 0) for j in np.flatnonzero(counts[b] > 0)]
+    a, b, i, j = split._best_step(counts, counts @ patterns - ideal, patterns, cost)
+    assert min(gains) < 0 and a >= 0 and j >= 0
+    assert total(moved(counts, a, b, i, j)) - total(counts) == pytest.approx(min(gains),
+                                                                             abs=1e-9)

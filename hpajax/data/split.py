@@ -202,7 +202,8 @@ def _best_step(counts: np.ndarray, dev: np.ndarray, patterns: np.ndarray,
     ``u . (down_a + up_b) + (u**2 - u) . (h_a + h_b)`` (the second term is 0
     for 0/1 sets); swapping it with ``v`` from b costs both moves minus
     ``2 (u * (h_a + h_b)) . v = (u * (down_a + up_b + up_a + down_b)) . v``.
-    All moves and swaps of a pair of parts are thus a few matrix products.
+    All moves and swaps of a pair of parts are thus a few matrix products, the
+    swaps' over the sets each part holds only (most rare sets sit in one part).
     Returns (a, b, i, j): move set i from part a to b and, if j >= 0, set j
     from b to a; a = -1 if nothing lowers the cost.
     """
@@ -215,14 +216,18 @@ def _best_step(counts: np.ndarray, dev: np.ndarray, patterns: np.ndarray,
         for b in range(a + 1, num_parts):
             a_to_b, b_to_a = down[a] + up[b], up[a] + down[b]
             curvature = beyond_one @ ((a_to_b + b_to_a) / 2)
-            move_ab = np.where(counts[a] > 0, patterns @ a_to_b + curvature, np.inf)
-            move_ba = np.where(counts[b] > 0, patterns @ b_to_a + curvature, np.inf)
-            shared = (patterns * (a_to_b + b_to_a)) @ patterns.T
-            swap = move_ab[:, None] + move_ba[None, :] - shared
-            i, j = np.unravel_index(swap.argmin(), swap.shape)
-            for gain, step in ((move_ab.min(), (a, b, int(move_ab.argmin()), -1)),
-                               (move_ba.min(), (b, a, int(move_ba.argmin()), -1)),
-                               (swap[i, j], (a, b, int(i), int(j)))):
+            held_a, held_b = counts[a] > 0, counts[b] > 0
+            move_ab = np.where(held_a, patterns @ a_to_b + curvature, np.inf)
+            move_ba = np.where(held_b, patterns @ b_to_a + curvature, np.inf)
+            steps = [(move_ab.min(), (a, b, int(move_ab.argmin()), -1)),
+                     (move_ba.min(), (b, a, int(move_ba.argmin()), -1))]
+            rows, cols = np.flatnonzero(held_a), np.flatnonzero(held_b)
+            if rows.size and cols.size:
+                shared = (patterns[rows] * (a_to_b + b_to_a)) @ patterns[cols].T
+                swap = move_ab[rows, None] + move_ba[None, cols] - shared
+                i, j = np.unravel_index(swap.argmin(), swap.shape)
+                steps.append((swap[i, j], (a, b, int(rows[i]), int(cols[j]))))
+            for gain, step in steps:
                 if gain < best_gain:
                     best_gain, best = gain, step
     return best
