@@ -63,10 +63,11 @@ def report_of_best(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> 
     finally:
         ckpt.close()
     saved = run_dir / report.REPORT_DIR / "metrics.json"
-    if saved.is_file() and json.loads(saved.read_text())["step"] == step:
+    metrics = json.loads(saved.read_text()) if saved.is_file() else {}
+    if metrics.get("step") == step:
         print(f"[5/5] reusing the report of the best checkpoint (step {step}) in "
               f"{saved.parent}")
-        return json.loads(saved.read_text())
+        return metrics
     print(f"[5/5] evaluating the best checkpoint into {saved.parent}")
     return commands.evaluate_command(run_dir)
 

@@ -181,13 +181,18 @@ def synthetic_store(root: pathlib.Path, num_samples: int, size: int, seed: int =
                     **split_kw) -> pathlib.Path:
     """A synthetic Kaggle-layout set in ``root/raw``, converted to ``root/store`` and split."""
     from hpajax import synthetic
-    from hpajax.data import convert, split
 
     synthetic.generate(root / "raw", num_samples, image_size=size, seed=seed, workers=1)
-    out = root / "store"
-    convert.convert(convert.Options(format="kaggle", input_dir=root / "raw" / "train",
-                                    output_dir=out, labels_csv=root / "raw" / "train.csv",
-                                    image_size=size, workers=1))
+    return convert_and_split(root / "raw", root / "store", size, **split_kw)
+
+
+def convert_and_split(raw: pathlib.Path, out, size: int, **split_kw):
+    """The Kaggle-layout set in ``raw`` converted in-process to ``out`` (a folder or a
+    bucket URL) and split; returns ``out``."""
+    from hpajax.data import convert, split
+
+    convert.convert(convert.Options(format="kaggle", input_dir=raw / "train", output_dir=out,
+                                    labels_csv=raw / "train.csv", image_size=size, workers=1))
     split.split_store(out, **split_kw)
     return out
 

@@ -18,12 +18,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import (CONVERT_KILLER, PYTHON, REPO, run_records, store_tree, synthetic_store,
-                      tiny_config, write_csv, write_quads)
+from conftest import (CONVERT_KILLER, PYTHON, REPO, convert_and_split, run_records, store_tree,
+                      synthetic_store, tiny_config, write_csv, write_quads)
 from etils import epath
 
 from hpajax import commands, train
-from hpajax.data import convert, open_store, split, summary
+from hpajax.data import open_store, split, summary
 from hpajax.data.run_data import open_run_data
 from hpajax.data import store as storelib
 
@@ -207,9 +207,7 @@ def test_a_run_from_a_bucket_killed_and_resumed_matches_the_run_on_disk(on_disk,
     raw = store.parent / "raw"
     # As synthetic_store made the local one (the tools' command lines into buckets are
     # tested above).
-    convert.convert(convert.Options(format="kaggle", input_dir=raw / "train", output_dir=url,
-                                    labels_csv=raw / "train.csv", image_size=SIZE, workers=1))
-    split.split_store(url)
+    convert_and_split(raw, url, SIZE)
     in_bucket = bucket.startswith("gs")
     workdir = epath.Path(f"{bucket}/runs/tiny" if in_bucket else tmp_path / "run")
     killed = subprocess.Popen(train_command(url, workdir), cwd=REPO, text=True,
