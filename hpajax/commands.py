@@ -42,9 +42,11 @@ def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
     if data.store.labels is None:
         raise ValueError(f"{data.location} has no labels: cannot evaluate on it")
     run = inference.restore(workdir, step, data, tta=tta, tta_reduce=tta_reduce)
-    parts = {"val": config.data.eval_part, "test": config.data.test_part}
+    parts = {"val": data.eval_part, "test": data.test_part}
+    if data.test_part is None:  # a fold run on folds without a test part
+        del parts["test"]
     if seed_thresholds:
-        parts["train"] = config.data.train_part
+        parts["train"] = data.train_part
     print(f"evaluating step {run.step} of {workdir} on {data.location}")
     saved = {role: inference.predict(run.steps, run.state, data.store, data.rows(part))
              for role, part in parts.items()}
@@ -52,8 +54,9 @@ def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
         return {}
     out = epath.Path(workdir) / report.REPORT_DIR
     make_folder(out)
-    (out / predictions.file_name("train")).unlink(missing_ok=True)  # of an earlier evaluate
-    frequency = data.store.labels[data.rows(config.data.train_part)].mean(0)
+    for role in set(report.ROLES) - set(saved):  # of an earlier evaluate
+        (out / predictions.file_name(role)).unlink(missing_ok=True)
+    frequency = data.store.labels[data.rows(data.train_part)].mean(0)
     for role, scored in saved.items():
         predictions.save(out / predictions.file_name(role), scored, split=parts[role],
                          step=run.step, data_fingerprint=data.fingerprint(),

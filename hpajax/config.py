@@ -17,6 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.store = "runs/demo/store"  # converted store (tools/convert.py)
     c.data.split = "default"  # split saved with the store (tools/split.py)
     c.data.train_part, c.data.eval_part, c.data.test_part = "train", "val", "test"
+    # k >= 0 on a split of folds (tools/split.py --folds=K): train on the other folds,
+    # validate on fold k, test on the split's "test" part; the three parts above unused.
+    c.data.fold = -1
     c.data.channels = (0, 1, 2, 3)  # red, green, blue, yellow; the seed used (0, 1, 2)
     c.data.input_size = 0  # model input side in px; 0: the store's (resized on device)
     c.data.image_size = 0  # set by train: the store's side, at which predict converts PNGs

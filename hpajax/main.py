@@ -3,6 +3,8 @@
 Commands:
   demo      synthetic set -> store -> split -> train -> report (the default job)
   train     train (or resume) --config=experiments/configs/NAME.py --workdir=DIR
+  cv        k-fold cross-validation: a run per fold of config.data.split, then the
+            out-of-fold report --config=... --workdir=DIR [--fold=k: that fold only]
   evaluate  tuned thresholds, metric tables and figures in DIR/report/ --workdir=DIR
   predict   probabilities and a Kaggle submission --workdir=DIR --input=STORE_OR_PNG_DIR
 
@@ -22,7 +24,8 @@ from absl import app, flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from hpajax import commands, demo, distributed, logs, preemption, report, train, xla_defaults
+from hpajax import commands, cv, demo, distributed, logs, preemption, report, train
+from hpajax import xla_defaults
 from hpajax import config as config_lib
 from hpajax.checkpointing import CheckpointError
 from hpajax.data.convert import ConversionError
@@ -84,15 +87,20 @@ flags.DEFINE_integer("seed", 0, "demo: seed for data generation and splitting.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "demo: worker processes for data work.")
 flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the demo config's).")
 flags.DEFINE_integer("step", None, "evaluate, predict: checkpoint step (default: the best).")
+flags.DEFINE_integer("fold", None, "cv: train this fold only (0 to K-1), e.g. one per job of "
+                     "an array job; without it, every fold not yet trained, then the report.")
+flags.DEFINE_enum("checkpoint", "last", list(cv.CHECKPOINTS), "cv: each fold's checkpoint that "
+                  "predicts its held-out fold; 'best' is chosen on those rows, which makes the "
+                  "out-of-fold scores optimistic.")
 flags.DEFINE_bool("seed_thresholds", True, "evaluate: also report thresholds tuned on the "
                   "training split, as the seed paper did (predicts the training split).")
-flags.DEFINE_integer("tta", None, "evaluate, predict: test-time augmentation, the model's "
+flags.DEFINE_integer("tta", None, "evaluate, predict, cv: test-time augmentation, the model's "
                      "probabilities over 1, 2, 4 or 8 flips/rotations (default: the run's "
                      "config.tta).")
-flags.DEFINE_enum("tta_reduce", None, ["mean", "max"], "evaluate, predict: how the views "
+flags.DEFINE_enum("tta_reduce", None, ["mean", "max"], "evaluate, predict, cv: how the views "
                   "(and, with config.augment.crop, the grid of crops) are reduced (default: "
                   "the run's config.tta_reduce).")
-flags.DEFINE_integer("min_val_positives", report.MIN_VAL_POSITIVES, "evaluate: classes with "
+flags.DEFINE_integer("min_val_positives", report.MIN_VAL_POSITIVES, "evaluate, cv: classes with "
                      "fewer validation positives keep their rate-matched threshold in the "
                      "guarded set.", lower_bound=0)
 flags.DEFINE_enum("thresholds", report.USE, list(report.PREDICTION_THRESHOLDS),
@@ -113,7 +121,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's number, 0 t
                      "num_processes - 1.")
 FLAGS = flags.FLAGS
 
-COMMANDS = ("demo", "train", "evaluate", "predict")
+COMMANDS = ("demo", "train", "cv", "evaluate", "predict")
 
 
 def main(argv: list[str]) -> None:
@@ -124,7 +132,7 @@ def main(argv: list[str]) -> None:
     logs.quiet_library_logs()  # before JAX starts its backends and logs those it has not
     xla_defaults.apply_cpu_defaults()  # before the first JAX computation reads XLA_FLAGS
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    if command in ("train", "demo"):
+    if command in ("train", "cv", "demo"):
         preemption.catch_sigterm()  # from here on, SIGTERM means: save and stop
 
     # In a multi-process run only process 0 prints (progress lines); errors still show.
@@ -149,6 +157,12 @@ def run(command: str) -> None:
         if FLAGS.config is None:
             raise app.UsageError("train needs --config=experiments/configs/NAME.py")
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif command == "cv":
+        if FLAGS.config is None:
+            raise app.UsageError("cv needs --config=experiments/configs/NAME.py")
+        cv.cv_command(FLAGS.config, FLAGS.workdir, FLAGS.fold, checkpoint=FLAGS.checkpoint,
+                      tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,
+                      min_val_positives=FLAGS.min_val_positives)
     elif command == "evaluate":
         commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds,
                                   tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,

@@ -96,18 +96,24 @@ def check(predictions: Predictions) -> None:
 
 
 def save(path: str | os.PathLike, predictions: Predictions, *, split: str, step: int,
-         data_fingerprint: dict,
-         class_frequency: np.ndarray | None = None) -> epath.Path:
+         data_fingerprint: dict, class_frequency: np.ndarray | None = None,
+         extra: dict[str, np.ndarray] | None = None) -> epath.Path:
     """Writes ``predictions`` and where they came from to ``path`` (atomically); returns it.
 
     ``class_frequency``: float [28], each class's positive rate in the run's
-    training part, or None when unknown (then not written). ValueError, and
-    nothing written, if the predictions or the rates would not load back.
+    training part, or None when unknown (then not written). ``extra``: more
+    arrays by name (a cross-validation's folds), read back with ``extra_arrays``.
+    ValueError, and nothing written, if the predictions or the rates would not
+    load back.
     """
     check(predictions)
     optional = ({} if class_frequency is None else
                 {"class_frequency": evaluate.check_frequency(class_frequency,
                                                              classes.NUM_CLASSES)})
+    clash = set(extra or {}) & {*_ARRAYS, "class_frequency"}
+    if clash:
+        raise ValueError(f"extra arrays may not be named {', '.join(sorted(clash))}")
+    optional.update(extra or {})
     path = epath.Path(path)
     make_folder(path.parent)
     buffer = io.BytesIO()
@@ -152,6 +158,15 @@ def load(path: str | os.PathLike) -> tuple[Predictions, Info]:
     except ValueError as e:
         raise ValueError(f"{path}: not a usable predictions file: {e}") from None
     return predictions, info
+
+
+def extra_arrays(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` that ``save`` wrote as ``extra`` (ValueError naming a missing one)."""
+    arrays = _read(path)
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not a usable predictions file: missing {', '.join(missing)}")
+    return {name: arrays[name] for name in names}
 
 
 def _read(path: str | os.PathLike) -> dict[str, np.ndarray]:

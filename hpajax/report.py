@@ -3,7 +3,8 @@
 ``write_report`` takes the ``Predictions`` of the validation and test splits
 (NumPy only, no JAX), chooses per-class thresholds on the validation split and
 reports on both, so the thresholds never see the test data they are scored
-on. The threshold sets, in the order reported:
+on. Without a test split (a fold run on folds with no test part) the tables
+and figures show the validation split. The threshold sets, in the order reported:
 
 - ``tuned_on_val``: the best-F1 grid search on the validation split;
 - ``guarded`` (the one used): the same, except that classes with fewer than
@@ -59,6 +60,9 @@ USE = "guarded"  # the set per_class tables, montages and predict use
 # What ``prediction_thresholds`` can apply to new probabilities.
 PREDICTION_THRESHOLDS = ("guarded", "tuned_on_val", "rate", "0.5")
 REPORT_DIR = "report"  # the report folder of a workdir
+# A cross-validation folder's files (``hpajax.cv``): its record, the folds' out-of-fold
+# predictions (with array "fold") and their test predictions (mean, and "fold_probs").
+CV_FILE, OOF_FILE, CV_TEST_FILE = "cv.json", "oof.npz", "test.npz"
 # The predictions files a report is built from, by role; "train" is optional.
 ROLES = ("val", "test", "train")
 # Every figure a report may hold: removed before a report is written, so that
@@ -73,7 +77,7 @@ def summary(report: dict) -> dict[str, float]:
     return out
 
 
-def tuned_thresholds(val: Predictions, test: Predictions, train: Predictions | None,
+def tuned_thresholds(val: Predictions, test: Predictions | None, train: Predictions | None,
                      class_frequency: Sequence[float] | np.ndarray | None = None,
                      min_val_positives: int = MIN_VAL_POSITIVES) -> dict[str, np.ndarray]:
     """The fixed threshold sets (all but "rate"), in ``THRESHOLD_SETS`` order.
@@ -88,7 +92,8 @@ def tuned_thresholds(val: Predictions, test: Predictions, train: Predictions | N
                                                    min_val_positives)}
     if train is not None:
         sets["tuned_on_train"] = evaluate.search_thresholds(train.labels, train.probs)
-    sets["tuned_on_test"] = evaluate.search_thresholds(test.labels, test.probs)
+    if test is not None:
+        sets["tuned_on_test"] = evaluate.search_thresholds(test.labels, test.probs)
     return sets
 
 
@@ -106,14 +111,15 @@ def scored_sets(sets: dict[str, np.ndarray], split: Predictions,
     return {name: scored[name] for name in THRESHOLD_SETS if name in scored}
 
 
-def metrics_table(val: Predictions, test: Predictions, sets: dict[str, np.ndarray],
+def metrics_table(val: Predictions, test: Predictions | None, sets: dict[str, np.ndarray],
                   names: tuple[str, str] = ("val", "test"),
                   class_frequency: Sequence[float] | np.ndarray | None = None) -> dict:
-    """Summaries of val and test (keyed by ``names``) at 0.5 and at each of their
-    ``scored_sets``."""
+    """Summaries of val and test (keyed by ``names``; test if given) at 0.5 and at each of
+    their ``scored_sets``."""
     half = np.full(classes.NUM_CLASSES, 0.5)
     out = {}
-    for name, split, is_test in ((names[0], val, False), (names[1], test, True)):
+    scored = ((names[0], val, False), (names[1], test, True))
+    for name, split, is_test in scored[:1 if test is None else 2]:
         rows = {"threshold_0.5": summary(evaluate.classification_report(
             split.labels, split.probs, half))}
         for set_name, thresholds in scored_sets(sets, split, class_frequency,
@@ -125,32 +131,34 @@ def metrics_table(val: Predictions, test: Predictions, sets: dict[str, np.ndarra
     return out
 
 
-def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions, *,
+def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions | None, *,
                  train: Predictions | None = None, names: tuple[str, str] = ("val", "test"),
                  step: int | None = None, records: Sequence[dict] | None = None,
                  images_of: Callable[[np.ndarray], np.ndarray] | None = None,
                  montage_size: int = 6, draw_figures: bool = True,
                  class_frequency: Sequence[float] | np.ndarray | None = None,
-                 min_val_positives: int = MIN_VAL_POSITIVES) -> dict:
+                 min_val_positives: int = MIN_VAL_POSITIVES, extra: dict | None = None) -> dict:
     """Writes the report files (and figures, if asked and matplotlib is there); returns
-    metrics.json.
+    metrics.json, with ``extra``'s entries added.
 
     ``names`` are the split names of ``val`` and ``test`` (metrics.json's
     keys); ``records`` are the run's ``metrics.jsonl`` entries (for the
     training curves); ``images_of(rows)`` returns the uint8 images of those
     store rows (for the montages of ``test``); ``class_frequency`` [28] is
     each class's positive rate in training (None: unknown, no "rate" set and
-    the guard falls back to 0.5); ``min_val_positives`` is the guard's.
+    the guard falls back to 0.5); ``min_val_positives`` is the guard's. The tables
+    and figures are of ``test``, or of ``val`` when there is no test split.
     """
     out = epath.Path(out_dir)
     make_folder(out)
     sets = tuned_thresholds(val, test, train, class_frequency, min_val_positives)
     metrics = {"step": step, "decision_rule": DECISION_RULE,
-               **metrics_table(val, test, sets, names, class_frequency)}
+               **metrics_table(val, test, sets, names, class_frequency), **(extra or {})}
+    shown, shown_name = (val, names[0]) if test is None else (test, names[1])
     write_json(out / "metrics.json", _finite(metrics))
     write_json(out / "thresholds.json",
                _thresholds_file(sets, class_frequency, min_val_positives))
-    report = evaluate.classification_report(test.labels, test.probs, sets[USE])
+    report = evaluate.classification_report(shown.labels, shown.probs, sets[USE])
     write_atomic(out / "per_class.csv", evaluate.to_csv(report))
     write_atomic(out / "per_class.md", evaluate.to_markdown(report))
     print(f"report: {out}/ (metrics.json, thresholds.json, per_class.csv, per_class.md)")
@@ -161,10 +169,10 @@ def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions
     if not figures.plotting_available():
         print(f"report: no figures written; {figures.INSTALL_HINT}")
         return metrics
-    half = evaluate.classification_report(test.labels, test.probs,
+    half = evaluate.classification_report(shown.labels, shown.probs,
                                           np.full(classes.NUM_CLASSES, 0.5))
     written = [
-        figures.roc_figure(out / "roc.png", roc_curves(test), classes.CLASS_NAMES),
+        figures.roc_figure(out / "roc.png", roc_curves(shown), classes.CLASS_NAMES),
         figures.f1_bars_figure(out / "f1_per_class.png", classes.CLASS_NAMES,
                                [c["f1"] for c in half["per_class"]],
                                [c["f1"] for c in report["per_class"]],
@@ -173,7 +181,7 @@ def write_report(out_dir: str | os.PathLike, val: Predictions, test: Predictions
     if records:
         written.append(figures.training_curves_figure(out / "training_curves.png", records))
     if images_of is not None:
-        written += _montages(out, test, names[1], sets[USE], images_of, montage_size)
+        written += _montages(out, shown, shown_name, sets[USE], images_of, montage_size)
     print("report: figures " + ", ".join(p.name for p in written))
     return metrics
 
@@ -211,17 +219,17 @@ def montage_rows(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
     return best[f1[best] > 0][:size], worst[f1[worst] < 1][:size]
 
 
-def _montages(out: epath.Path, test: Predictions, name: str, thresholds: np.ndarray,
+def _montages(out: epath.Path, shown: Predictions, name: str, thresholds: np.ndarray,
               images_of: Callable[[np.ndarray], np.ndarray], size: int) -> list[epath.Path]:
     written = []
     for kind, positions in zip(("best", "worst"),
-                               montage_rows(test.labels, test.probs, thresholds, size)):
+                               montage_rows(shown.labels, shown.probs, thresholds, size)):
         if not len(positions):
             continue
         written.append(figures.prediction_montage(
-            out / f"{kind}.png", images_of(np.asarray(test.rows)[positions]),
-            test.probs[positions], test.labels[positions], thresholds,
-            [test.ids[p] for p in positions], f"{kind} predictions on the {name} split "
+            out / f"{kind}.png", images_of(np.asarray(shown.rows)[positions]),
+            shown.probs[positions], shown.labels[positions], thresholds,
+            [shown.ids[p] for p in positions], f"{kind} predictions on the {name} split "
             "(by the F1 of each sample's predicted classes)"))
     return written
 
@@ -305,54 +313,125 @@ def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True,
     if saved, for the seed's thresholds; the class frequency comes from the
     val file), ``metrics.jsonl`` for the training curves and, for the
     montages, the test images from the run's store; no JAX. Without the
-    store the report is written without montages.
+    store the report is written without montages. A cross-validation folder
+    is reported from its out-of-fold predictions instead (``rebuild_cv``).
     """
     workdir = epath.Path(workdir)
+    if (workdir / OOF_FILE).is_file():
+        return rebuild_cv(workdir, draw_figures=draw_figures,
+                          min_val_positives=min_val_positives)
     out = workdir / REPORT_DIR
     saved = load_predictions(workdir)
-    (val, val_info), (test, test_info) = saved["val"], saved["test"]
-    print(f"report: rebuilding {out}/ from the predictions of step {test_info.step}")
+    val, val_info = saved["val"]
+    test, test_info = saved.get("test", (None, val_info))
+    print(f"report: rebuilding {out}/ from the predictions of step {val_info.step}")
     records = read_records(workdir / "metrics.jsonl")
-    images_of = (_store_images(workdir, test)
+    images_of = (_store_images(_run_store(workdir / "config.json"), test or val)
                  if draw_figures and figures.plotting_available() else None)
     return write_report(out, val, test, train=saved["train"][0] if "train" in saved else None,
-                        names=(val_info.split, test_info.split), step=test_info.step,
+                        names=(val_info.split, test_info.split), step=val_info.step,
                         records=records, images_of=images_of, draw_figures=draw_figures,
                         class_frequency=val_info.class_frequency,
                         min_val_positives=min_val_positives)
 
 
+def rebuild_cv(workdir: str | os.PathLike, *, draw_figures: bool = True,
+               min_val_positives: int = MIN_VAL_POSITIVES) -> dict:
+    """Writes a cross-validation's ``WORKDIR/report/`` from its ``oof.npz`` and
+    ``test.npz``: thresholds tuned on the out-of-fold predictions, scored there
+    and on the folds' mean test probabilities, and each fold's own figures
+    (``folds`` in metrics.json); no JAX."""
+    workdir = epath.Path(workdir)
+    oof, info = predictions.load(workdir / OOF_FILE)
+    fold_of = predictions.extra_arrays(workdir / OOF_FILE, ("fold",))["fold"]
+    test, fold_probs = None, None
+    if (workdir / CV_TEST_FILE).is_file():
+        test, test_info = predictions.load(workdir / CV_TEST_FILE)
+        fold_probs = predictions.extra_arrays(workdir / CV_TEST_FILE, ("fold_probs",))
+        if test_info.data_fingerprint != info.data_fingerprint:
+            raise ValueError(f"{workdir / CV_TEST_FILE} and {workdir / OOF_FILE} come from "
+                             "different fold checkpoints: run `python -m hpajax.main cv` again")
+    print(f"report: rebuilding {workdir / REPORT_DIR}/ from the out-of-fold predictions of "
+          f"{int(fold_of.max()) + 1} folds")
+    sets = tuned_thresholds(oof, test, None, info.class_frequency, min_val_positives)
+    table = fold_table(oof, fold_of, test, None if test is None else fold_probs["fold_probs"],
+                       sets[USE], info.data_fingerprint.get("cv", {}).get("steps"))
+    images_of = (_store_images(_run_store(workdir / CV_FILE), test or oof)
+                 if draw_figures and figures.plotting_available() else None)
+    return write_report(workdir / REPORT_DIR, oof, test, names=("oof", "test"),
+                        images_of=images_of, draw_figures=draw_figures,
+                        class_frequency=info.class_frequency,
+                        min_val_positives=min_val_positives, extra={"folds": table})
+
+
+def fold_table(oof: Predictions, fold_of: np.ndarray, test: Predictions | None,
+               fold_probs: np.ndarray | None, thresholds: np.ndarray,
+               steps: Sequence[int] | None = None) -> dict:
+    """Each fold's model on its held-out fold ("oof") and alone on the test part, at 0.5
+    and at ``thresholds``, then their mean and sd over the folds."""
+    half = np.full(classes.NUM_CLASSES, 0.5)
+    table = {}
+    for k in range(int(fold_of.max()) + 1):
+        mine = fold_of == k
+        scored = {"oof": (oof.labels[mine], oof.probs[mine])}
+        if test is not None:
+            scored["test"] = (test.labels, fold_probs[k])
+        table[f"fold{k}"] = {"samples": int(mine.sum()), **({} if steps is None else
+                                                            {"step": int(steps[k])})}
+        for role, (labels, probs) in scored.items():
+            table[f"fold{k}"][role] = {
+                f"threshold_{name}": summary(evaluate.classification_report(labels, probs, t))
+                for name, t in (("0.5", half), (USE, thresholds))}
+    folds = list(table.values())
+    for statistic, reduce in (("mean", np.mean), ("sd", np.std)):
+        table[statistic] = {role: {rule: {key: float(reduce([f[role][rule][key] for f in folds]))
+                                          for key in folds[0][role][rule]}
+                                   for rule in folds[0][role]}
+                            for role in ("oof", "test") if role in folds[0]}
+    return table
+
+
 def load_predictions(workdir: str | os.PathLike
                      ) -> dict[str, tuple[Predictions, predictions.Info]]:
     """The predictions files of ``WORKDIR/report/`` by role, checked to be of one checkpoint
-    and one training data set (FileNotFoundError if val's or test's is missing)."""
+    and one training data set (FileNotFoundError if val's is missing; a run without a test
+    part has no test file)."""
     out = epath.Path(workdir) / REPORT_DIR
     paths = {role: out / predictions.file_name(role) for role in ROLES}
-    missing = [paths[role].name for role in ("val", "test") if not paths[role].is_file()]
-    if missing:
+    if not paths["val"].is_file():
         raise FileNotFoundError(
-            f"no {' or '.join(missing)} in {out}: run `python -m hpajax.main evaluate "
+            f"no {paths['val'].name} in {out}: run `python -m hpajax.main evaluate "
             f"--workdir={workdir}` first")
     saved = {role: predictions.load(path) for role, path in paths.items() if path.is_file()}
-    test_info = saved["test"][1]
+    val_info = saved["val"][1]
     for role, (_, info) in saved.items():
-        if (info.step, info.data_fingerprint) != (test_info.step, test_info.data_fingerprint):
+        if (info.step, info.data_fingerprint) != (val_info.step, val_info.data_fingerprint):
             raise ValueError(
-                f"{paths[role]} (step {info.step}) and {paths['test']} (step "
-                f"{test_info.step}) come from different checkpoints or data: run "
+                f"{paths[role]} (step {info.step}) and {paths['val']} (step "
+                f"{val_info.step}) come from different checkpoints or data: run "
                 f"`python -m hpajax.main evaluate --workdir={workdir}` again")
     return saved
 
 
-def _store_images(workdir: epath.Path,
+def _run_store(record: epath.Path) -> str | None:
+    """The store location in a run's config.json or a cross-validation's cv.json."""
+    try:
+        return json.loads(record.read_text())["data"]["store"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"report: no montages: no store location in {record} ({type(e).__name__}: {e})")
+        return None
+
+
+def _store_images(location: str | None,
                   test: Predictions) -> Callable[[np.ndarray], np.ndarray] | None:
     """``images_of`` for the montages, reading the run's store; None, saying why, if the
     store cannot be opened or no longer holds the saved Ids at the saved rows."""
+    if location is None:
+        return None
     try:
-        location = json.loads((workdir / "config.json").read_text())["data"]["store"]
         from hpajax.data.store import open_store  # TensorStore: optional for a report
         store = open_store(location)
-    except (ImportError, OSError, ValueError, KeyError, TypeError) as e:
+    except (ImportError, OSError, ValueError) as e:
         print(f"report: no montages: cannot open the run's store ({type(e).__name__}: {e})")
         return None
     rows = np.asarray(test.rows)

@@ -150,7 +150,7 @@ class _Loop:
                  log: logs.MetricsLog, preempt: preemption.Preemption):
         self.steps, self.data, self.ckpt, self.log = steps, data, ckpt, log
         self.preempt = preempt
-        self.val_rows = data.rows(steps.config.data.eval_part)
+        self.val_rows = data.rows(data.eval_part)
         self.recent: dict[int, pipeline.Batch] = {}  # step -> where its samples came from
         self.reported = 0  # NaN/Inf steps already reported since the last log
         self.clock = None

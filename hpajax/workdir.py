@@ -34,7 +34,7 @@ FINGERPRINT_KEYS = ("samples", "ids_sha256", "train_split_sha256", "sources", "o
 ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
                 "optimizer.head_warmup_steps": 0, "optimizer.head_warmup_scale": 0.0,
                 "data.sources": [], "data.exclude": "", "data.oversample": 0.0,
-                "data.image_size": 0,
+                "data.image_size": 0, "data.fold": -1,
                 "augment.crop": False, "ema_decay": 0.0, "tta": 1, "tta_reduce": "mean"}
 
 

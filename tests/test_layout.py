@@ -23,7 +23,7 @@ FLOORS = {
              "augment", "tta", "losses"],
     "steps": ["steps"],
     "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "inference"],
-    "top": ["train", "commands", "demo", "main"],
+    "top": ["train", "commands", "cv", "demo", "main"],
 }
 BESIDE = ["report", "figures", "grids"]
 LEVEL = {name: level for level, names in enumerate(FLOORS.values()) for name in names}

@@ -213,7 +213,7 @@ def test_rebuild_refuses_predictions_of_different_checkpoints(tmp_path):
     predictions.save(workdir / "report" / "predictions_train.npz", _predictions("train"),
                      split="train", step=3, data_fingerprint=FINGERPRINT)
     with pytest.raises(ValueError, match=r"predictions_train.npz \(step 3\) and .*"
-                                         r"predictions_test.npz \(step 7\) come from different"):
+                                         r"predictions_val.npz \(step 7\) come from different"):
         report.rebuild(workdir, draw_figures=False)
 
 
@@ -277,7 +277,7 @@ def test_the_command_without_saved_predictions_says_to_evaluate_first(tmp_path):
     r = subprocess.run([PYTHON, "-m", "hpajax.report", str(workdir)], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 1
-    assert (f"report: error: no predictions_val.npz or predictions_test.npz in "
+    assert (f"report: error: no predictions_val.npz in "
             f"{workdir / 'report'}: run `python -m hpajax.main evaluate --workdir={workdir}` "
             "first") in r.stderr
     assert not list(workdir.iterdir())  # nothing written

@@ -157,6 +157,40 @@ def test_cli_saves_default_and_kfold_splits(tiny_stores):
     assert {name: len(idx) for name, idx in folds.items()} == {f"fold{i}": 10 for i in range(4)}
 
 
+def test_folds_after_a_test_share_are_one_joint_stratified_split(tiny_stores):
+    labelled, _ = tiny_stores
+    split.split_store(labelled, folds=4, test_fraction=0.2, seed=3)
+    parts = store.load_split(labelled, "kfold4")
+    assert list(parts) == ["test", "fold0", "fold1", "fold2", "fold3"]
+    expected = split.stratified_split(store.open_store(labelled).labels, [0.2] * 5, seed=3)
+    for (name, rows), want in zip(parts.items(), expected):
+        np.testing.assert_array_equal(rows, want, err_msg=name)
+    assert store.split_info(labelled, "kfold4")["test_fraction"] == 0.2
+    with pytest.raises(ValueError, match="--test_fraction=0.2 needs --folds=K"):
+        split.split_store(labelled, test_fraction=0.2)
+    with pytest.raises(ValueError, match=r"--test_fraction must be in \[0, 1\), got 1"):
+        split.split_store(labelled, folds=4, test_fraction=1.0)
+
+
+def test_a_saved_split_made_otherwise_is_kept_unless_overwritten(tiny_stores):
+    labelled, _ = tiny_stores
+    split.split_store(labelled, folds=4, seed=1)
+    saved = (labelled / store.SPLITS / "kfold4.json").read_bytes()
+    split.split_store(labelled, folds=4, seed=1)  # the same options: the same file again
+    assert (labelled / store.SPLITS / "kfold4.json").read_bytes() == saved
+    result = run_tool(f"--store={labelled}", "--folds=4", "--seed=1", "--test_fraction=0.25")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tools/split.py: error: split 'kfold4' of {labelled} exists, made with other options "
+        "(fractions [0.25, 0.25, 0.25, 0.25], now [0.25, 0.1875, 0.1875, 0.1875, 0.1875]; "
+        "parts ['fold0', 'fold1', 'fold2', 'fold3'], now ['test', 'fold0', 'fold1', 'fold2', "
+        "'fold3']; test_fraction None, now 0.25): runs trained on it would no longer match "
+        "it; pass --overwrite to replace it")
+    assert (labelled / store.SPLITS / "kfold4.json").read_bytes() == saved
+    split.split_store(labelled, folds=4, seed=1, test_fraction=0.25, overwrite=True)
+    assert list(store.load_split(labelled, "kfold4"))[0] == "test"
+
+
 def test_cli_refuses_bad_requests(tiny_stores):
     labelled, unlabelled = tiny_stores
     result = run_tool(f"--store={unlabelled}")

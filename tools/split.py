@@ -2,6 +2,7 @@
 
   .venv/bin/python tools/split.py --store=STORE                # train/val/test 0.7/0.1/0.2
   .venv/bin/python tools/split.py --store=STORE --folds=5      # split kfold5: fold0..fold4
+  .venv/bin/python tools/split.py --store=STORE --folds=5 --test_fraction=0.2  # + part test
   .venv/bin/python tools/split.py --store=HPAV18 --group_by=gene   # no gene in two parts
   .venv/bin/python tools/split.py --store=HPAV18 --groups_csv=HPAv18RGBY_wodpl_withCellLine.csv \
       --group_by=CellLine                                       # any grouping of the Ids
@@ -29,6 +30,11 @@ _NAME = flags.DEFINE_string("name", "default", "Split name (file splits/NAME.jso
 _FOLDS = flags.DEFINE_integer("folds", None, "Make K stratified folds instead, saved as "
                               "split kfoldK with parts fold0..fold{K-1} (ignores "
                               "--fractions, --parts and --name).")
+_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.0, "With --folds: first a stratified "
+                                    "part 'test' of this share, the folds from the rest; "
+                                    "0: folds only.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a saved split of the same name "
+                               "made with other options (refused otherwise).")
 _GROUP_BY = flags.DEFINE_string("group_by", "none", "Keep each group in one part: 'gene' or "
                                 "'antibody' of HPAv18 Ids ([GENE_]ANTIBODY_PLATE_WELL_FIELD), "
                                 "or with --groups_csv a column of that file; 'none': no groups.")
@@ -46,7 +52,8 @@ def main(argv: list[str]) -> None:
     try:
         _, summary = split.split_store(_STORE.value, fractions, _PARTS.value,
                                        _SEED.value, _NAME.value, _FOLDS.value,
-                                       _GROUP_BY.value, _GROUPS_CSV.value)
+                                       _GROUP_BY.value, _GROUPS_CSV.value,
+                                       _TEST_FRACTION.value, _OVERWRITE.value)
     except ValueError as e:  # StoreError is a ValueError too
         sys.exit(f"tools/split.py: error: {e}")
     print(summary)

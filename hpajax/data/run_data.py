@@ -6,6 +6,15 @@ evaluation store's training part, or several stores' parts mixed with
 ``config.data.sources`` (e.g. the Kaggle store's ``train`` part with all of
 HPAv18). Store locations are kept as the strings the config gave, so a
 location may later be a URL (``s3://``, ``gs://``).
+
+A fold run (``config.data.fold`` = k on a split with parts ``fold0`` ..
+``fold{K-1}``, as ``tools/split.py --folds=K`` saves) trains on every other
+fold (the part ``not_fold{k}``), validates on ``fold{k}`` and tests on the
+split's ``test`` part if it has one; ``train_part``/``eval_part``/``test_part``
+of the config are then unused. Its held-out fold and test part are taken out
+of every source on the evaluation store, whatever part the source names
+(``STORE:all:1`` is every other fold), before ``exclude`` and ``oversample``
+apply; other stores' sources stay as given.
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ class RunData:
     sources: tuple[Source, ...]
     oversample: float = 0.0  # the alpha the sources' draw_weights come from (0: none)
     mixed: bool = False  # whether config.data.sources chose the sources
+    # The parts the run trains (without sources), validates and tests on; no test: None.
+    train_part: str = "train"
+    eval_part: str = "val"
+    test_part: str | None = "test"
 
     def rows(self, part: str) -> np.ndarray:
         """The store rows of a part of the split; StoreError naming the parts if absent."""
@@ -68,17 +81,20 @@ def open_run_data(cfg: ml_collections.ConfigDict) -> RunData:
     """Opens a config's data (its ``data`` block) once: the stores, the split, the sources.
 
     Training reads ``cfg.sources`` ("LOCATION:PART:WEIGHT" each), or else the
-    evaluation store's ``cfg.train_part``; Ids listed in ``cfg.exclude`` are
-    left out of every source, and ``cfg.oversample`` gives each sample a
-    drawing weight from its labels.
+    evaluation store's training part; Ids listed in ``cfg.exclude`` are left
+    out of every source, and ``cfg.oversample`` gives each sample a drawing
+    weight from its labels. ``cfg.fold`` >= 0 makes it a fold run (module
+    docstring).
     """
     location = str(cfg.store)
     stores = {location: open_store(location)}
-    data = RunData(location, stores[location], cfg.split, stores[location].split(cfg.split),
-                   sources=())
+    data = _with_roles(RunData(location, stores[location], cfg.split,
+                               stores[location].split(cfg.split), sources=()), cfg)
     specs = tuple(cfg.get("sources", ()))
     sources = ([_parse_source(spec, data, stores) for spec in specs] if specs
-               else [Source(data.store, data.rows(cfg.train_part))])
+               else [Source(data.store, data.rows(data.train_part))])
+    if specs and cfg.get("fold", -1) >= 0:
+        sources = _outside_fold(sources, data)
     if cfg.get("exclude"):
         sources = _without(sources, read_exclusions(cfg.exclude), cfg.exclude)
     alpha = float(cfg.get("oversample", 0.0))
@@ -86,6 +102,45 @@ def open_run_data(cfg: ml_collections.ConfigDict) -> RunData:
         sources = _oversampled(sources, alpha)
     return dataclasses.replace(data, sources=tuple(sources), oversample=alpha,
                                mixed=bool(specs))
+
+
+def fold_names(parts: dict[str, np.ndarray] | list[str]) -> list[str]:
+    """The folds ``fold0``, ``fold1``, ... of a split's parts, in order (none: [])."""
+    names = []
+    while f"fold{len(names)}" in parts:
+        names.append(f"fold{len(names)}")
+    return names
+
+
+def _with_roles(data: RunData, cfg: ml_collections.ConfigDict) -> RunData:
+    """``data`` with the parts the config's run trains, validates and tests on."""
+    fold = int(cfg.get("fold", -1))
+    if fold < 0:
+        return dataclasses.replace(data, train_part=cfg.train_part, eval_part=cfg.eval_part,
+                                   test_part=cfg.test_part)
+    folds = fold_names(data.parts)
+    if len(folds) < 2:
+        raise StoreError(f"config.data.fold={fold} needs a split with parts fold0, fold1, ... "
+                         f"(tools/split.py --folds=K); split {data.split!r} of {data.location} "
+                         f"has {', '.join(sorted(data.parts))}")
+    if fold >= len(folds):
+        raise ValueError(f"config.data.fold={fold}: split {data.split!r} has {len(folds)} "
+                         f"folds, 0 to {len(folds) - 1}")
+    rest = np.sort(np.concatenate([data.parts[f] for f in folds if f != f"fold{fold}"]))
+    train = f"not_fold{fold}"
+    return dataclasses.replace(data, parts={**data.parts, train: rest}, train_part=train,
+                               eval_part=f"fold{fold}",
+                               test_part="test" if "test" in data.parts else None)
+
+
+def _outside_fold(sources: list[Source], data: RunData) -> list[Source]:
+    """The sources less the fold run's validation and test rows of the evaluation store."""
+    held_out = [data.rows(data.eval_part)]
+    if data.test_part is not None:
+        held_out.append(data.rows(data.test_part))
+    held_out = np.concatenate(held_out)
+    return [dataclasses.replace(s, rows=s.rows[~np.isin(s.rows, held_out)])
+            if s.store is data.store else s for s in sources]
 
 
 def _parse_source(spec: str, data: RunData, stores: dict[str, Store]) -> Source:
@@ -151,4 +206,5 @@ def whole_store(location: str) -> RunData:
     """
     store = open_store(location)
     rows = np.arange(len(store), dtype=np.int64)
-    return RunData(str(location), store, "all", {"all": rows}, (Source(store, rows),))
+    return RunData(str(location), store, "all", {"all": rows}, (Source(store, rows),),
+                   train_part="all", eval_part="all", test_part=None)

@@ -465,24 +465,28 @@ def split_store(
     folds: int | None = None,
     group_by: str = "none",
     groups_csv: str | os.PathLike | None = None,
+    test_fraction: float = 0.0,
+    overwrite: bool = False,
 ) -> tuple[pathlib.Path, str]:
     """Makes and saves a stratified split of a labelled store (``tools/split.py``).
 
-    With ``folds`` = K, saves the K held-out folds as split ``kfoldK`` with
-    parts ``fold0..fold{K-1}`` (``fractions``, ``parts`` and ``name`` are then
-    unused); otherwise saves split ``name`` with one part per fraction.
-    ``group_by`` "gene" or "antibody" keeps the groups of the Ids
+    With ``folds`` = K, saves K folds as split ``kfoldK`` with parts
+    ``fold0..fold{K-1}``, and with ``test_fraction`` > 0 a part ``test`` of that
+    share first, stratified jointly with the folds (``fractions``, ``parts`` and
+    ``name`` are then unused); otherwise saves split ``name`` with one part per
+    fraction. ``group_by`` "gene" or "antibody" keeps the groups of the Ids
     (``groups_from_ids``) in one part; with ``groups_csv`` it names that
-    file's group column (``groups_from_csv``). Returns the split file written
-    and a summary of sizes, class deviations and grouping. Raises ValueError
-    (StoreError for the store) naming the bad argument.
+    file's group column (``groups_from_csv``). A saved split of that name made
+    otherwise is kept unless ``overwrite``: runs trained on it would no longer
+    match it. Returns the split file written and a summary of sizes, class
+    deviations and grouping. Raises ValueError (StoreError for the store)
+    naming the bad argument.
     """
     if folds is not None:
-        if folds < 2:
-            raise ValueError(f"folds must be >= 2, got {folds}")
-        fractions = [1.0 / folds] * folds
-        parts = [f"fold{i}" for i in range(folds)]
-        name = f"kfold{folds}"
+        fractions, parts, name = _fold_parts(folds, test_fraction)
+    elif test_fraction:
+        raise ValueError(f"--test_fraction={test_fraction:g} needs --folds=K; without folds "
+                         "give the test share in --fractions and --parts")
     if len(fractions) != len(parts):
         raise ValueError(f"fractions has {len(fractions)} values but parts has "
                          f"{len(parts)} names; give one part name per fraction")
@@ -496,15 +500,43 @@ def split_store(
         raise storelib.StoreError(f"store {store.path} is unlabelled (no {storelib.LABELS}); "
                                    "a stratified split needs labels")
     groups = _store_groups(store.ids, group_by, groups_csv)
-    indices = stratified_split(store.labels, fractions, seed, groups)
     info = {"seed": seed, "fractions": [float(x) for x in fractions], "method": METHOD}
     header = f"split {name!r} of {store.path}: {len(store)} samples, seed {seed}"
     if groups is not None:
         info["groups"] = group_by if groups_csv is None else f"{groups_csv}:{group_by}"
-        header += (f", grouped by {info['groups']}: {len(set(groups))} groups, "
-                   "each in one part")
+        header += f", grouped by {info['groups']}: {len(set(groups))} groups, each in one part"
+    if test_fraction:
+        info["test_fraction"] = float(test_fraction)
+    if not overwrite:
+        _check_unchanged(store, name, {**info, "parts": list(parts)})
+    indices = stratified_split(store.labels, fractions, seed, groups)
     path = storelib.save_split(store.path, name, dict(zip(parts, indices)), info)
     lines = [header,
              *_summary(parts, indices, store.labels, fractions),
              f"wrote {path}"]
     return path, "\n".join(lines)
+
+
+def _fold_parts(folds: int, test_fraction: float) -> tuple[list[float], list[str], str]:
+    """The fractions, part names and split name of K folds after a test share."""
+    if int(folds) != folds or folds < 2:
+        raise ValueError(f"--folds must be an integer >= 2, got {folds}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"--test_fraction must be in [0, 1), got {test_fraction:g}")
+    fold_names = [f"fold{i}" for i in range(folds)]
+    share = (1.0 - test_fraction) / folds
+    if not test_fraction:
+        return [share] * folds, fold_names, f"kfold{folds}"
+    return [test_fraction] + [share] * folds, ["test", *fold_names], f"kfold{folds}"
+
+
+def _check_unchanged(store: storelib.Store, name: str, made: dict) -> None:
+    """Refuses to replace a saved split ``name`` made with other options than ``made``."""
+    saved = storelib.split_info(store.path, name)
+    if saved is None or saved == made:
+        return
+    differ = [f"{key} {saved.get(key)!r}, now {made.get(key)!r}"
+              for key in sorted(set(saved) | set(made)) if saved.get(key) != made.get(key)]
+    raise ValueError(f"split {name!r} of {store.path} exists, made with other options "
+                     f"({'; '.join(differ)}): runs trained on it would no longer match it; "
+                     "pass --overwrite to replace it")

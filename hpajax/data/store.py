@@ -270,10 +270,24 @@ def save_split(
 
 def load_split(path: str | os.PathLike, name: str = "default") -> dict[str, np.ndarray]:
     """Loads a named split saved with ``save_split``."""
+    parts = _split_file(path, name)["parts"]
+    return {k: np.asarray(v, np.int64) for k, v in parts.items()}
+
+
+def split_info(path: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The info a saved split was made with, with its part names under "parts";
+    None if the store has no such split."""
+    check_name(name)
+    if not (epath.Path(path) / SPLITS / f"{name}.json").is_file():
+        return None
+    saved = _split_file(path, name)
+    return {**saved["info"], "parts": list(saved["parts"])}
+
+
+def _split_file(path: str | os.PathLike, name: str) -> dict[str, Any]:
     check_name(name)
     f = epath.Path(path) / SPLITS / f"{name}.json"
     if not f.is_file():
         raise StoreError(f"{path}: no split named {name!r} ({f} missing); "
                          "create it with tools/split.py")
-    parts = json.loads(f.read_text())["parts"]
-    return {k: np.asarray(v, np.int64) for k, v in parts.items()}
+    return json.loads(f.read_text())
