@@ -32,6 +32,7 @@ from etils import epath
 from hpajax import checkpointing, inference, predictions, report, train
 from hpajax import workdir as workdir_lib
 from hpajax.data.run_data import RunData, fold_names, open_run_data
+from hpajax.data.store import open_store
 from hpajax.files import write_json
 from hpajax.predictions import Predictions
 from hpajax.records import read_records
@@ -51,7 +52,12 @@ def cv_command(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                          "train one fold with --fold=k")
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint={checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
-    data = open_run_data(fold_config(config, 0).data)  # refuses a split without folds
+    parts = open_store(config.data.store).split(config.data.split)
+    if len(fold_names(parts)) < 2:
+        raise ValueError(f"config.data.split={config.data.split!r} of {config.data.store} has "
+                         f"no folds (its parts: {', '.join(sorted(parts))}): make them with "
+                         "tools/split.py --folds=K")
+    data = open_run_data(fold_config(config, 0).data)
     folds = len(fold_names(data.parts))
     if fold is not None and not 0 <= fold < folds:
         raise ValueError(f"--fold={fold}: split {config.data.split!r} has {folds} folds, "

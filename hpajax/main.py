@@ -88,7 +88,8 @@ flags.DEFINE_integer("workers", os.cpu_count() or 1, "demo: worker processes for
 flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the demo config's).")
 flags.DEFINE_integer("step", None, "evaluate, predict: checkpoint step (default: the best).")
 flags.DEFINE_integer("fold", None, "cv: train this fold only (0 to K-1), e.g. one per job of "
-                     "an array job; without it, every fold not yet trained, then the report.")
+                     "an array job; without it, every fold not yet trained, then the report.",
+                     lower_bound=0)
 flags.DEFINE_enum("checkpoint", "last", list(cv.CHECKPOINTS), "cv: each fold's checkpoint that "
                   "predicts its held-out fold; 'best' is chosen on those rows, which makes the "
                   "out-of-fold scores optimistic.")

@@ -283,6 +283,18 @@ def test_the_command_without_saved_predictions_says_to_evaluate_first(tmp_path):
     assert not list(workdir.iterdir())  # nothing written
 
 
+def test_without_a_test_split_the_tables_show_the_validation_split(tmp_path):
+    """A fold run on folds with no test part: thresholds and tables from val alone."""
+    val = _predictions("val")
+    metrics = report.write_report(tmp_path, val, None, draw_figures=False)
+    assert set(metrics) == {"step", "decision_rule", "val"}
+    saved = json.loads((tmp_path / "thresholds.json").read_text())
+    assert "tuned_on_test" not in saved
+    guarded = np.array(saved["guarded"])
+    assert (tmp_path / "per_class.csv").read_text() == evaluate.to_csv(
+        evaluate.classification_report(val.labels, val.probs, guarded))
+
+
 # --- from tests/test_predict.py: report tests that need no model -------------------------
 
 def test_report_without_matplotlib_writes_the_numbers_and_says_how(tmp_path):

@@ -113,3 +113,49 @@ def test_oversampling_weighs_each_sample_by_its_rarest_class(stores):
     with pytest.raises(ValueError, match="config.data.oversample"):
         run_data.open_run_data(data_config(kaggle, oversample=-1.0))
 
+
+
+def save_three_folds(kaggle: str) -> None:
+    """Split kfold3 of the kaggle store: test 8, 9 and three folds."""
+    storelib.save_split(kaggle, "kfold3", {"test": np.array([8, 9]), "fold0": np.array([0, 3, 6]),
+                                           "fold1": np.array([1, 4, 7]),
+                                           "fold2": np.array([2, 5])})
+
+
+def test_a_fold_run_trains_on_the_other_folds_validates_on_its_own_and_tests_on_test(stores):
+    kaggle, _ = stores
+    save_three_folds(kaggle)
+    data = run_data.open_run_data(data_config(kaggle, split="kfold3", fold=1))
+    assert (data.train_part, data.eval_part, data.test_part) == ("not_fold1", "fold1", "test")
+    np.testing.assert_array_equal(data.rows("not_fold1"), [0, 2, 3, 5, 6])
+    [source] = data.sources
+    np.testing.assert_array_equal(source.rows, [0, 2, 3, 5, 6])
+    storelib.save_split(kaggle, "kfold2", {"fold0": np.arange(5), "fold1": np.arange(5, 10)})
+    without_test = run_data.open_run_data(data_config(kaggle, split="kfold2", fold=0))
+    assert (without_test.eval_part, without_test.test_part) == ("fold0", None)
+
+
+def test_a_fold_runs_held_out_rows_leave_the_sources_before_exclusion_and_oversampling(
+        stores, tmp_path):
+    kaggle, external = stores
+    save_three_folds(kaggle)
+    exclude = tmp_path / "dups.csv"
+    exclude.write_text("Id,duplicate_of,score\nk2,k9,0.97\ne0,k1,0.9\n")
+    data = run_data.open_run_data(data_config(
+        kaggle, split="kfold3", fold=0, exclude=str(exclude), oversample=0.5,
+        sources=(f"{kaggle}:all:1", f"{external}:all:2", f"{kaggle}:other/a:1")))
+    # all = 0..9 less fold0 (0, 3, 6) and test (8, 9), less k2; other/a = 0, 1, 2 likewise.
+    assert [s.rows.tolist() for s in data.sources] == [[1, 4, 5, 7], [1, 2, 3, 4, 5], [1]]
+    labels = np.concatenate([s.store.labels[s.rows] for s in data.sources])
+    frequency = labels.mean(0)  # over what is left to train on
+    want = np.array([max(frequency[c] ** -0.5 for c in np.flatnonzero(y)) for y in labels[:4]])
+    np.testing.assert_allclose(data.sources[0].draw_weights, want / want.mean())
+
+
+def test_a_fold_beyond_the_splits_folds_is_refused(stores):
+    kaggle, _ = stores
+    storelib.save_split(kaggle, "kfold2", {"fold0": np.arange(5), "fold1": np.arange(5, 10)})
+    with pytest.raises(ValueError, match="config.data.fold=2: split 'kfold2' has 2 folds, 0 to 1"):
+        run_data.open_run_data(data_config(kaggle, split="kfold2", fold=2))
+    with pytest.raises(ValueError, match="config.data.fold=0 needs a split with parts fold0"):
+        run_data.open_run_data(data_config(kaggle, fold=0))
