@@ -17,7 +17,6 @@ figures; a rerun skips finished runs and resumes unfinished ones.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import runpy
 import shutil
@@ -26,13 +25,13 @@ import time
 import numpy as np
 from absl import app, flags
 
-from hpajax import commands, config as config_lib, logs, synthetic, train, xla_defaults
-from hpajax.data import convert, open_store, split
+import labelled_stores  # a sibling: the script's folder is on sys.path
+from hpajax import commands, config as config_lib, logs, train, xla_defaults
+from hpajax.data import open_store, split
 from hpajax.files import write_atomic, write_json
 
 CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "recipes.py"
 _RECIPES = runpy.run_path(str(CONFIG))
-LABELS = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "hpa2019"
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/recipes", "Stores and one run per recipe.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of every recipe.")
@@ -55,17 +54,11 @@ def make_store(root: pathlib.Path, num_samples: int, seed: int, labels_csv: path
                parts: bool) -> str:
     """A synthetic store with labels drawn from ``labels_csv``; split 0.7/0.1/0.2 if
     ``parts``. Reused when already made."""
-    out = root / "store"
-    if not (out / "metadata.json").is_file():
-        synthetic.generate(root / "raw", num_samples, image_size=_IMAGE_SIZE.value, seed=seed,
-                           workers=os.cpu_count() or 1, labels_csv=labels_csv)
-        convert.convert(convert.Options(
-            format="kaggle", input_dir=root / "raw" / "train", output_dir=out,
-            labels_csv=root / "raw" / "train.csv", image_size=_IMAGE_SIZE.value,
-            workers=os.cpu_count() or 1, command="experiments/recipes.py"))
+    out = labelled_stores.make_store(root, num_samples, _IMAGE_SIZE.value, seed, labels_csv,
+                                     "experiments/recipes.py")
     if parts and "default" not in open_store(out).split_names():
         split.split_store(out, fractions=(0.7, 0.1, 0.2), parts=("train", "val", "test"))
-    return str(out)
+    return out
 
 
 def recipe_config(name: str, seed: int, kaggle: str, external: str):
@@ -135,9 +128,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--recipes: unknown {sorted(unknown)}")
     workdir = pathlib.Path(_WORKDIR.value)
     kaggle = make_store(workdir / "data" / "kaggle", _NUM_SAMPLES.value, 0,
-                        LABELS / "train.csv", parts=True)
+                        labelled_stores.LABELS / "train.csv", parts=True)
     external = make_store(workdir / "data" / "external", _EXTERNAL_SAMPLES.value, 1,
-                          LABELS / "HPAv18RBGY_wodpl.csv", parts=False)
+                          labelled_stores.LABELS / "HPAv18RBGY_wodpl.csv", parts=False)
     results = []
     for name in _NAMES.value:
         for seed in map(int, _SEEDS.value):

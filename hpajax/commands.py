@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hpajax import inference, predictions, report, submission
+from hpajax import averaging, ensemble, inference, predictions, report, submission
 from hpajax import workdir as workdir_lib
 from hpajax.data import convert, open_store
 from hpajax.data import labels as labelslib
@@ -72,16 +72,30 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     tta_reduce: str | None = None) -> epath.Path:
     """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
 
-    ``ids_csv`` picks the images and their order in both cases; ``thresholds``
-    says which of the report's threshold sets decides the submission's classes.
+    ``workdir`` is a run, a cross-validation (the mean of its folds' models) or an
+    ensemble (its members' weighted mean); each model predicts at its own input
+    size, a PNG folder being converted once per image size. ``ids_csv`` picks the
+    images and their order in both cases; ``thresholds`` says which of the report's
+    threshold sets decides the submission's classes.
     """
     out = location(output_dir, "--output_dir")
     input_path = location(input_path, "--input")
     make_folder(out)
-    run = inference.restore(workdir, step, tta=tta, tta_reduce=tta_reduce)
-    store = open_store(as_store(input_path, out / "store", run.config, ids_csv, workers))
-    rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
-    scored = inference.predict(run.steps, run.state, store, rows)
+    found = ensemble.models(workdir, step)
+    configs = [workdir_lib.load_config(run_dir) for _, run_dir, _ in found]
+    sizes = {_stored_size(c) for c in configs}
+    stores, scored, steps = {}, [], []
+    for (_, run_dir, run_step), config in zip(found, configs):
+        size = _stored_size(config)
+        if size not in stores:
+            folder = out / ("store" if len(sizes) == 1 else f"store_{size}px")
+            stores[size] = open_store(as_store(input_path, folder, config, ids_csv, workers))
+        store = stores[size]
+        run = inference.restore(run_dir, run_step, tta=tta, tta_reduce=tta_reduce)
+        rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
+        scored.append(inference.predict(run.steps, run.state, store, rows))
+        steps.append(f"step {run.step}" + ("" if len(found) == 1 else f" of {run_dir}"))
+    scored = averaging.weighted_mean(scored, [weight for weight, _, _ in found])
     chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
     buffer = io.BytesIO()
     np.save(buffer, scored.probs)
@@ -89,9 +103,14 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
     write_atomic(out / "submission.csv", submission.submission_csv(
         scored.ids, scored.probs, chosen, at_least_one))
-    print(f"predicted {len(scored.ids)} images with step {run.step}: {out}/probabilities.npy, "
-          f"probabilities.csv, submission.csv")
+    print(f"predicted {len(scored.ids)} images with {', '.join(steps)}: "
+          f"{out}/probabilities.npy, probabilities.csv, submission.csv")
     return out
+
+
+def _stored_size(config: ml_collections.ConfigDict) -> int:
+    """The image side a run's PNG inputs are converted at: its store's."""
+    return config.data.image_size or config.data.input_size
 
 
 def as_store(input_path: str | os.PathLike, converted: epath.Path,
@@ -107,7 +126,7 @@ def as_store(input_path: str | os.PathLike, converted: epath.Path,
     convert.convert(convert.Options(
         format="kaggle", input_dir=pathlib.Path(path), output_dir=converted,
         labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
-        image_size=config.data.image_size or config.data.input_size, workers=workers,
+        image_size=_stored_size(config), workers=workers,
         command="python -m hpajax.main predict"))
     return converted
 

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hpajax import checkpointing, inference, predictions, report, train
+from hpajax import averaging, checkpointing, inference, predictions, report, train
 from hpajax import workdir as workdir_lib
 from hpajax.data.run_data import RunData, fold_names, open_run_data
 from hpajax.data.store import open_store
@@ -46,7 +46,6 @@ def cv_command(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                min_val_positives: int = report.MIN_VAL_POSITIVES) -> dict:
     """Trains the folds not yet trained (only ``fold`` if given), then, without ``fold``,
     combines them; returns the report's metrics.json ({} after one fold)."""
-    workdir = workdir_lib.prepare(workdir)
     if config.data.fold >= 0:
         raise ValueError(f"--config.data.fold={config.data.fold}: cv sets each fold's; "
                          "train one fold with --fold=k")
@@ -62,6 +61,7 @@ def cv_command(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     if fold is not None and not 0 <= fold < folds:
         raise ValueError(f"--fold={fold}: split {config.data.split!r} has {folds} folds, "
                          f"0 to {folds - 1}")
+    workdir = workdir_lib.prepare(workdir)
     for k in range(folds) if fold is None else (fold,):
         train_fold(config, workdir, k, folds)
     if fold is not None:
@@ -113,8 +113,9 @@ def combine(config: ml_collections.ConfigDict, workdir: epath.Path, data: RunDat
               for k, step in enumerate(steps)]
     if jax.process_index() != 0:  # every process predicts; process 0 writes
         return {}
+    store = data.fingerprint()
     fingerprint = {"store": data.location, "cv": record["cv"],
-                   **{key: data.fingerprint()[key] for key in ("samples", "ids_sha256")}}
+                   **{key: store[key] for key in ("samples", "ids_sha256")}}
     frequency = data.store.labels[_non_test_rows(data)].mean(0)
     oof, fold_of = out_of_fold([val for val, _ in scored])
     predictions.save(workdir / report.OOF_FILE, oof, split="oof", step=-1,
@@ -122,8 +123,9 @@ def combine(config: ml_collections.ConfigDict, workdir: epath.Path, data: RunDat
                      extra={"fold": fold_of})
     if data.test_part is not None:
         tests = [test for _, test in scored]
-        predictions.save(workdir / report.CV_TEST_FILE, fold_mean(tests), split="test",
-                         step=-1, data_fingerprint=fingerprint, class_frequency=frequency,
+        predictions.save(workdir / report.CV_TEST_FILE, averaging.weighted_mean(tests),
+                         split="test", step=-1, data_fingerprint=fingerprint,
+                         class_frequency=frequency,
                          extra={"fold_probs": np.stack([t.probs for t in tests])})
     else:
         (workdir / report.CV_TEST_FILE).unlink(missing_ok=True)
@@ -149,16 +151,6 @@ def out_of_fold(held_out: list[Predictions]) -> tuple[Predictions, np.ndarray]:
                        labels=np.concatenate([p.labels for p in held_out])[order],
                        probs=np.concatenate([p.probs for p in held_out])[order],
                        loss=float(loss)), fold_of[order]
-
-
-def fold_mean(scored: list[Predictions]) -> Predictions:
-    """The equal-weight mean of the folds' probabilities over the same rows (no loss)."""
-    first = scored[0]
-    if any(not np.array_equal(p.rows, first.rows) for p in scored):
-        raise ValueError("the folds predicted different test rows")
-    return Predictions(ids=first.ids, rows=first.rows, labels=first.labels,
-                       probs=np.mean([p.probs for p in scored], 0, dtype=np.float64)
-                       .astype(np.float32), loss=float("nan"))
 
 
 def _non_test_rows(data: RunData) -> np.ndarray:

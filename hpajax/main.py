@@ -5,6 +5,8 @@ Commands:
   train     train (or resume) --config=experiments/configs/NAME.py --workdir=DIR
   cv        k-fold cross-validation: a run per fold of config.data.split, then the
             out-of-fold report --config=... --workdir=DIR [--fold=k: that fold only]
+  ensemble  runs or cross-validations of the same images averaged, with its report
+            --members=W1,W2:0.5,... --workdir=DIR
   evaluate  tuned thresholds, metric tables and figures in DIR/report/ --workdir=DIR
   predict   probabilities and a Kaggle submission --workdir=DIR --input=STORE_OR_PNG_DIR
 
@@ -24,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from hpajax import commands, cv, demo, distributed, logs, preemption, report, train
+from hpajax import commands, cv, demo, distributed, ensemble, logs, preemption, report, train
 from hpajax import xla_defaults
 from hpajax import config as config_lib
 from hpajax.checkpointing import CheckpointError
@@ -95,15 +97,18 @@ flags.DEFINE_enum("checkpoint", "last", list(cv.CHECKPOINTS), "cv: each fold's c
                   "out-of-fold scores optimistic.")
 flags.DEFINE_bool("seed_thresholds", True, "evaluate: also report thresholds tuned on the "
                   "training split, as the seed paper did (predicts the training split).")
+flags.DEFINE_string("members", None, "ensemble: comma-separated WORKDIR[:WEIGHT], runs or "
+                    "cross-validation folders of the same images (weights normalized; "
+                    "default equal).")
 flags.DEFINE_integer("tta", None, "evaluate, predict, cv: test-time augmentation, the model's "
                      "probabilities over 1, 2, 4 or 8 flips/rotations (default: the run's "
                      "config.tta).")
 flags.DEFINE_enum("tta_reduce", None, ["mean", "max"], "evaluate, predict, cv: how the views "
                   "(and, with config.augment.crop, the grid of crops) are reduced (default: "
                   "the run's config.tta_reduce).")
-flags.DEFINE_integer("min_val_positives", report.MIN_VAL_POSITIVES, "evaluate, cv: classes with "
-                     "fewer validation positives keep their rate-matched threshold in the "
-                     "guarded set.", lower_bound=0)
+flags.DEFINE_integer("min_val_positives", report.MIN_VAL_POSITIVES, "evaluate, cv, ensemble: "
+                     "classes with fewer validation (or out-of-fold) positives keep their "
+                     "rate-matched threshold in the guarded set.", lower_bound=0)
 flags.DEFINE_enum("thresholds", report.USE, list(report.PREDICTION_THRESHOLDS),
                   "predict: guarded (tuned on validation, rare classes rate-matched), "
                   "tuned_on_val, rate (each class predicted at its training frequency on the "
@@ -122,7 +127,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's number, 0 t
                      "num_processes - 1.")
 FLAGS = flags.FLAGS
 
-COMMANDS = ("demo", "train", "cv", "evaluate", "predict")
+COMMANDS = ("demo", "train", "cv", "ensemble", "evaluate", "predict")
 
 
 def main(argv: list[str]) -> None:
@@ -164,6 +169,11 @@ def run(command: str) -> None:
         cv.cv_command(FLAGS.config, FLAGS.workdir, FLAGS.fold, checkpoint=FLAGS.checkpoint,
                       tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,
                       min_val_positives=FLAGS.min_val_positives)
+    elif command == "ensemble":
+        if FLAGS.members is None:
+            raise app.UsageError("ensemble needs --members=WORKDIR[:WEIGHT],...")
+        ensemble.ensemble_command(FLAGS.members, FLAGS.workdir,
+                                  min_val_positives=FLAGS.min_val_positives)
     elif command == "evaluate":
         commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds,
                                   tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,

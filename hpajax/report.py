@@ -47,7 +47,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from hpajax import classes, evaluate, figures, predictions
+from hpajax import averaging, classes, evaluate, figures, predictions
 from hpajax.files import make_folder, write_atomic, write_json
 from hpajax.predictions import Predictions
 from hpajax.records import read_records
@@ -63,6 +63,9 @@ REPORT_DIR = "report"  # the report folder of a workdir
 # A cross-validation folder's files (``hpajax.cv``): its record, the folds' out-of-fold
 # predictions (with array "fold") and their test predictions (mean, and "fold_probs").
 CV_FILE, OOF_FILE, CV_TEST_FILE = "cv.json", "oof.npz", "test.npz"
+# An ensemble folder's (``hpajax.ensemble``): its record, and each member's predictions
+# in MEMBERS_DIR/{i}/predictions_{val,test}.npz.
+ENSEMBLE_FILE, MEMBERS_DIR = "ensemble.json", "members"
 # The predictions files a report is built from, by role; "train" is optional.
 ROLES = ("val", "test", "train")
 # Every figure a report may hold: removed before a report is written, so that
@@ -314,12 +317,14 @@ def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True,
     val file), ``metrics.jsonl`` for the training curves and, for the
     montages, the test images from the run's store; no JAX. Without the
     store the report is written without montages. A cross-validation folder
-    is reported from its out-of-fold predictions instead (``rebuild_cv``).
+    is reported from its out-of-fold predictions instead (``rebuild_cv``), an
+    ensemble from its members' (``rebuild_ensemble``).
     """
     workdir = epath.Path(workdir)
-    if (workdir / OOF_FILE).is_file():
-        return rebuild_cv(workdir, draw_figures=draw_figures,
-                          min_val_positives=min_val_positives)
+    for marker, rebuild_other in ((OOF_FILE, rebuild_cv), (ENSEMBLE_FILE, rebuild_ensemble)):
+        if (workdir / marker).is_file():
+            return rebuild_other(workdir, draw_figures=draw_figures,
+                                 min_val_positives=min_val_positives)
     out = workdir / REPORT_DIR
     saved = load_predictions(workdir)
     val, val_info = saved["val"]
@@ -364,24 +369,68 @@ def rebuild_cv(workdir: str | os.PathLike, *, draw_figures: bool = True,
                         min_val_positives=min_val_positives, extra={"folds": table})
 
 
+def rebuild_ensemble(workdir: str | os.PathLike, *, draw_figures: bool = True,
+                     min_val_positives: int = MIN_VAL_POSITIVES) -> dict:
+    """Writes an ensemble's ``WORKDIR/report/`` from its members' saved predictions: their
+    weighted mean, thresholds tuned on the mean of what each member's were tuned on, and
+    each member's own figures (``members`` in metrics.json); no JAX."""
+    workdir = epath.Path(workdir)
+    record = json.loads((workdir / ENSEMBLE_FILE).read_text())
+    weights = [m["weight"] for m in record["members"]]
+    saved = [{role: predictions.load(workdir / MEMBERS_DIR / str(i) / predictions.file_name(
+        role)) for role in ("val", "test") if (workdir / MEMBERS_DIR / str(i) /
+                                               predictions.file_name(role)).is_file()}
+             for i in range(len(weights))]
+    print(f"report: rebuilding {workdir / REPORT_DIR}/ from {len(weights)} members' predictions")
+    val = averaging.weighted_mean([s["val"][0] for s in saved], weights)
+    has_test = all("test" in s for s in saved)
+    test = averaging.weighted_mean([s["test"][0] for s in saved], weights) if has_test else None
+    frequencies = [s["val"][1].class_frequency for s in saved]
+    frequency = (None if any(f is None for f in frequencies)
+                 else np.average(np.asarray(frequencies), axis=0, weights=weights))
+    table = {f"member{i}": {"workdir": m["workdir"], "weight": m["weight"], **member_figures(
+                 s["val"][0], s["test"][0] if has_test else None, s["val"][1].class_frequency,
+                 min_val_positives)}
+             for i, (m, s) in enumerate(zip(record["members"], saved))}
+    images_of = (_store_images(record["data"]["store"], test or val)
+                 if draw_figures and figures.plotting_available() else None)
+    return write_report(workdir / REPORT_DIR, val, test, names=tuple(record["names"]),
+                        images_of=images_of, draw_figures=draw_figures,
+                        class_frequency=frequency, min_val_positives=min_val_positives,
+                        extra={"members": table})
+
+
+def member_figures(val: Predictions, test: Predictions | None,
+                   class_frequency: Sequence[float] | None, min_val_positives: int) -> dict:
+    """One model's headline figures on val and test, at 0.5 and at its own ``USE``
+    thresholds (tuned on its own val)."""
+    thresholds = tuned_thresholds(val, test, None, class_frequency, min_val_positives)[USE]
+    return _headlines(thresholds, val=(val.labels, val.probs),
+                      **({} if test is None else {"test": (test.labels, test.probs)}))
+
+
+def _headlines(thresholds: np.ndarray, **scored: tuple[np.ndarray, np.ndarray]) -> dict:
+    """``summary`` of each named (labels, probs) at 0.5 and at ``thresholds``."""
+    half = np.full(classes.NUM_CLASSES, 0.5)
+    return {role: {f"threshold_{name}": summary(evaluate.classification_report(labels, probs, t))
+                   for name, t in (("0.5", half), (USE, thresholds))}
+            for role, (labels, probs) in scored.items()}
+
+
 def fold_table(oof: Predictions, fold_of: np.ndarray, test: Predictions | None,
                fold_probs: np.ndarray | None, thresholds: np.ndarray,
                steps: Sequence[int] | None = None) -> dict:
     """Each fold's model on its held-out fold ("oof") and alone on the test part, at 0.5
     and at ``thresholds``, then their mean and sd over the folds."""
-    half = np.full(classes.NUM_CLASSES, 0.5)
     table = {}
     for k in range(int(fold_of.max()) + 1):
         mine = fold_of == k
         scored = {"oof": (oof.labels[mine], oof.probs[mine])}
         if test is not None:
             scored["test"] = (test.labels, fold_probs[k])
-        table[f"fold{k}"] = {"samples": int(mine.sum()), **({} if steps is None else
-                                                            {"step": int(steps[k])})}
-        for role, (labels, probs) in scored.items():
-            table[f"fold{k}"][role] = {
-                f"threshold_{name}": summary(evaluate.classification_report(labels, probs, t))
-                for name, t in (("0.5", half), (USE, thresholds))}
+        table[f"fold{k}"] = {"samples": int(mine.sum()),
+                             **({} if steps is None else {"step": int(steps[k])}),
+                             **_headlines(thresholds, **scored)}
     folds = list(table.values())
     for statistic, reduce in (("mean", np.mean), ("sd", np.std)):
         table[statistic] = {role: {rule: {key: float(reduce([f[role][rule][key] for f in folds]))

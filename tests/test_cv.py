@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import PYTHON, REPO, run_records, synthetic_store, tiny_config
 
-from hpajax import commands, cv, evaluate, predictions, report, train
+from hpajax import commands, cv, ensemble, evaluate, predictions, report, train
 from hpajax.data import split, store as storelib
 from hpajax.data.run_data import open_run_data
 
@@ -168,3 +168,20 @@ def test_bad_requests_are_named_in_one_line(store, tmp_path):
                        text=True)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
         "error: flag --fold=-1: -1 is not a non-negative integer"), r.stderr
+
+
+def test_predict_on_the_folder_is_the_mean_of_its_folds_models(store, done, tmp_path):
+    test, _ = predictions.load(done / report.CV_TEST_FILE)
+    ids_csv = tmp_path / "test_ids.csv"
+    ids_csv.write_text("Id\n" + "".join(f"{i}\n" for i in test.ids))
+    commands.predict_command(done, store, tmp_path / "p", ids_csv=ids_csv)
+    np.testing.assert_allclose(np.load(tmp_path / "p" / "probabilities.npy"), test.probs,
+                               rtol=0, atol=1e-7)
+
+
+def test_an_ensemble_of_cross_validations_tunes_on_their_out_of_fold_mean(done, tmp_path):
+    metrics = ensemble.ensemble_command(f"{done}:2", tmp_path, draw_figures=False)
+    saved = json.loads((done / report.REPORT_DIR / "metrics.json").read_text())
+    assert {k: metrics[k] for k in ("oof", "test")} == {k: saved[k] for k in ("oof", "test")}
+    assert (tmp_path / "report" / "thresholds.json").read_text() == (
+        done / report.REPORT_DIR / "thresholds.json").read_text()

@@ -12,7 +12,7 @@ import pathlib
 from conftest import REPO
 
 FLOORS = {
-    "ground": ["hpajax", "classes", "files", "records", "evaluate", "predictions",
+    "ground": ["hpajax", "classes", "files", "records", "evaluate", "predictions", "averaging",
                "submission", "display", "config", "data.labels", "data.images", "xla_defaults"],
     "data": ["data", "data.kvstores", "data.store", "data.split", "data.summary", "data.convert",
              "data.sources", "data.pipeline", "data.run_data", "data.dedupe", "synthetic",
@@ -23,7 +23,7 @@ FLOORS = {
              "augment", "tta", "losses"],
     "steps": ["steps"],
     "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "inference"],
-    "top": ["train", "commands", "cv", "demo", "main"],
+    "top": ["train", "cv", "ensemble", "commands", "demo", "main"],
 }
 BESIDE = ["report", "figures", "grids"]
 LEVEL = {name: level for level, names in enumerate(FLOORS.values()) for name in names}
