@@ -331,8 +331,7 @@ def rebuild(workdir: str | os.PathLike, *, draw_figures: bool = True,
     test, test_info = saved.get("test", (None, val_info))
     print(f"report: rebuilding {out}/ from the predictions of step {val_info.step}")
     records = read_records(workdir / "metrics.jsonl")
-    images_of = (_store_images(_run_store(workdir / "config.json"), test or val)
-                 if draw_figures and figures.plotting_available() else None)
+    images_of = _images_of(workdir / "config.json", val if test is None else test, draw_figures)
     return write_report(out, val, test, train=saved["train"][0] if "train" in saved else None,
                         names=(val_info.split, test_info.split), step=val_info.step,
                         records=records, images_of=images_of, draw_figures=draw_figures,
@@ -361,8 +360,7 @@ def rebuild_cv(workdir: str | os.PathLike, *, draw_figures: bool = True,
     sets = tuned_thresholds(oof, test, None, info.class_frequency, min_val_positives)
     table = fold_table(oof, fold_of, test, None if test is None else fold_probs["fold_probs"],
                        sets[USE], info.data_fingerprint.get("cv", {}).get("steps"))
-    images_of = (_store_images(_run_store(workdir / CV_FILE), test or oof)
-                 if draw_figures and figures.plotting_available() else None)
+    images_of = _images_of(workdir / CV_FILE, oof if test is None else test, draw_figures)
     return write_report(workdir / REPORT_DIR, oof, test, names=("oof", "test"),
                         images_of=images_of, draw_figures=draw_figures,
                         class_frequency=info.class_frequency,
@@ -377,10 +375,7 @@ def rebuild_ensemble(workdir: str | os.PathLike, *, draw_figures: bool = True,
     workdir = epath.Path(workdir)
     record = json.loads((workdir / ENSEMBLE_FILE).read_text())
     weights = [m["weight"] for m in record["members"]]
-    saved = [{role: predictions.load(workdir / MEMBERS_DIR / str(i) / predictions.file_name(
-        role)) for role in ("val", "test") if (workdir / MEMBERS_DIR / str(i) /
-                                               predictions.file_name(role)).is_file()}
-             for i in range(len(weights))]
+    saved = [_member_predictions(workdir / MEMBERS_DIR / str(i)) for i in range(len(weights))]
     print(f"report: rebuilding {workdir / REPORT_DIR}/ from {len(weights)} members' predictions")
     val = averaging.weighted_mean([s["val"][0] for s in saved], weights)
     has_test = all("test" in s for s in saved)
@@ -392,12 +387,18 @@ def rebuild_ensemble(workdir: str | os.PathLike, *, draw_figures: bool = True,
                  s["val"][0], s["test"][0] if has_test else None, s["val"][1].class_frequency,
                  min_val_positives)}
              for i, (m, s) in enumerate(zip(record["members"], saved))}
-    images_of = (_store_images(record["data"]["store"], test or val)
-                 if draw_figures and figures.plotting_available() else None)
+    images_of = _images_of(workdir / ENSEMBLE_FILE, val if test is None else test, draw_figures)
     return write_report(workdir / REPORT_DIR, val, test, names=tuple(record["names"]),
                         images_of=images_of, draw_figures=draw_figures,
                         class_frequency=frequency, min_val_positives=min_val_positives,
                         extra={"members": table})
+
+
+def _member_predictions(folder: epath.Path) -> dict[str, tuple[Predictions, predictions.Info]]:
+    """A member's saved predictions by role: "val", and "test" if it has a test part."""
+    paths = {role: folder / predictions.file_name(role) for role in ("val", "test")}
+    return {role: predictions.load(path) for role, path in paths.items()
+            if role == "val" or path.is_file()}
 
 
 def member_figures(val: Predictions, test: Predictions | None,
@@ -462,21 +463,24 @@ def load_predictions(workdir: str | os.PathLike
     return saved
 
 
-def _run_store(record: epath.Path) -> str | None:
-    """The store location in a run's config.json or a cross-validation's cv.json."""
+def _images_of(record: epath.Path, shown: Predictions,
+               draw_figures: bool) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``images_of`` for the montages of ``shown``, from the store named in ``record`` (a
+    run's config.json, a cv.json or an ensemble.json); None when no figures are drawn or,
+    saying why, when the store cannot be read."""
+    if not (draw_figures and figures.plotting_available()):
+        return None
     try:
-        return json.loads(record.read_text())["data"]["store"]
+        location = json.loads(record.read_text())["data"]["store"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"report: no montages: no store location in {record} ({type(e).__name__}: {e})")
         return None
+    return _store_images(location, shown)
 
 
-def _store_images(location: str | None,
-                  test: Predictions) -> Callable[[np.ndarray], np.ndarray] | None:
+def _store_images(location: str, test: Predictions) -> Callable[[np.ndarray], np.ndarray] | None:
     """``images_of`` for the montages, reading the run's store; None, saying why, if the
     store cannot be opened or no longer holds the saved Ids at the saved rows."""
-    if location is None:
-        return None
     try:
         from hpajax.data.store import open_store  # TensorStore: optional for a report
         store = open_store(location)

@@ -103,6 +103,8 @@ def test_it_resumes_to_the_weights_the_old_code_reached(old_run):
 
 
 def test_it_evaluates_to_the_numbers_the_old_code_gave(old_run):
+    saved = json.loads((old_run / "run" / "config.json").read_text())
+    assert "fold" not in saved["data"]  # written before config.data.fold: loads as -1
     metrics = _flat(commands.evaluate_command(old_run / "run", draw_figures=False))
     old = _flat(EXPECTED["evaluate_step_3"])
     # Every number the old code reported holds within float32 rounding of the
