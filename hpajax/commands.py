@@ -84,7 +84,7 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     found = ensemble.models(workdir, step)
     configs = [workdir_lib.load_config(run_dir) for _, run_dir, _ in found]
     sizes = {_stored_size(c) for c in configs}
-    stores, scored, steps = {}, [], []
+    stores, scored, used = {}, [], []
     for (_, run_dir, run_step), config in zip(found, configs):
         size = _stored_size(config)
         if size not in stores:
@@ -94,7 +94,7 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
         run = inference.restore(run_dir, run_step, tta=tta, tta_reduce=tta_reduce)
         rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
         scored.append(inference.predict(run.steps, run.state, store, rows))
-        steps.append(f"step {run.step}" + ("" if len(found) == 1 else f" of {run_dir}"))
+        used.append(f"step {run.step}" + ("" if len(found) == 1 else f" of {run_dir}"))
     scored = averaging.weighted_mean(scored, [weight for weight, _, _ in found])
     chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
     buffer = io.BytesIO()
@@ -103,7 +103,7 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
     write_atomic(out / "submission.csv", submission.submission_csv(
         scored.ids, scored.probs, chosen, at_least_one))
-    print(f"predicted {len(scored.ids)} images with {', '.join(steps)}: "
+    print(f"predicted {len(scored.ids)} images with {', '.join(used)}: "
           f"{out}/probabilities.npy, probabilities.csv, submission.csv")
     return out
 
