@@ -99,10 +99,11 @@ def ensemble_command(members_spec: str, workdir: str | os.PathLike, *,
         raise ValueError("--members mixes cross-validations and single runs: thresholds come "
                          "from the out-of-fold predictions of cross-validations or from the "
                          "validation part of single runs, not from both")
-    out = workdir_lib.prepare(workdir)
+    workdir_lib.location(workdir)  # a refused location fails before any prediction
     scored = [_scored(m) for m in members]
     for m, s in zip(members[1:], scored[1:]):
         _check_same_images(members[0], scored[0], m, s)
+    out = workdir_lib.prepare(workdir)  # written only once the members are known to fit
     for i, s in enumerate(scored):
         _save_member(out / report.MEMBERS_DIR / str(i), s)
     weights = averaging.normalized([m.weight for m in members])
