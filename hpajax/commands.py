@@ -56,7 +56,7 @@ def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
     make_folder(out)
     for role in set(report.ROLES) - set(saved):  # of an earlier evaluate
         (out / predictions.file_name(role)).unlink(missing_ok=True)
-    frequency = data.store.labels[data.rows(data.train_part)].mean(0)
+    frequency = data.train_part_frequency()
     for role, scored in saved.items():
         predictions.save(out / predictions.file_name(role), scored, split=parts[role],
                          step=run.step, data_fingerprint=data.fingerprint(),

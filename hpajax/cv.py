@@ -113,11 +113,10 @@ def combine(config: ml_collections.ConfigDict, workdir: epath.Path, data: RunDat
               for k, step in enumerate(steps)]
     if jax.process_index() != 0:  # every process predicts; process 0 writes
         return {}
-    store = data.fingerprint()
-    fingerprint = {"store": data.location, "cv": record["cv"],
-                   **{key: store[key] for key in ("samples", "ids_sha256")}}
-    frequency = data.store.labels[_non_test_rows(data)].mean(0)
+    fingerprint = {"store": data.location, "samples": len(data.store),
+                   "ids_sha256": record["cv"]["ids_sha256"], "cv": record["cv"]}
     oof, fold_of = out_of_fold([val for val, _ in scored])
+    frequency = oof.labels.mean(0)  # of every non-test row, which the folds train on
     predictions.save(workdir / report.OOF_FILE, oof, split="oof", step=-1,
                      data_fingerprint=fingerprint, class_frequency=frequency,
                      extra={"fold": fold_of})
@@ -151,10 +150,6 @@ def out_of_fold(held_out: list[Predictions]) -> tuple[Predictions, np.ndarray]:
                        labels=np.concatenate([p.labels for p in held_out])[order],
                        probs=np.concatenate([p.probs for p in held_out])[order],
                        loss=float(loss)), fold_of[order]
-
-
-def _non_test_rows(data: RunData) -> np.ndarray:
-    return np.concatenate([data.rows(name) for name in fold_names(data.parts)])
 
 
 def _saved_step(run_dir: epath.Path, config: ml_collections.ConfigDict,

@@ -144,9 +144,8 @@ def _scored(member: Member) -> Scored:
             inference.predict(run.steps, run.state, data.store, data.rows(data.test_part)))
     roles = {data.train_part, data.eval_part} | ({data.test_part} - {None})
     parts = {role: frozenset(data.store.ids[r] for r in data.rows(role)) for role in roles}
-    frequency = data.store.labels[data.rows(data.train_part)].mean(0)
     return Scored(val, test, (data.eval_part, data.test_part), parts, data.location,
-                  [run.step], frequency)
+                  [run.step], data.train_part_frequency())
 
 
 def _check_same_images(first: Member, a: Scored, other: Member, b: Scored) -> None:

@@ -53,6 +53,11 @@ class RunData:
                              f"(its parts: {', '.join(sorted(self.parts))})")
         return self.parts[part]
 
+    def train_part_frequency(self) -> np.ndarray:
+        """Each class's positive rate in the evaluation store's training part: what the
+        "rate" thresholds are matched to."""
+        return self.store.labels[self.rows(self.train_part)].mean(0)
+
     def train_labels(self) -> np.ndarray:
         """The labels of every training sample, sources in order."""
         return np.concatenate([s.store.labels[s.rows] for s in self.sources])
