@@ -9,7 +9,7 @@ from conftest import PYTHON, REPO
 def run(workdir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, "experiments/compare_backbones.py", f"--workdir={workdir}", "--models=seed_cnn",
-         "--num_samples=48", "--image_size=80", "--checkpoint_every=4", "--steps=4",
+         "--num_samples=48", "--image_size=32", "--checkpoint_every=4", "--steps=4",
          "--narrow_model", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600)
 
