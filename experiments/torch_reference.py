@@ -165,3 +165,33 @@ def load_flax_variables(model: SeedCNN, variables: Mapping[str, Any]) -> None:
         _copy_bn(bn, params[f"bn_dense{d}"], stats[f"bn_dense{d}"])
     _copy(dense[-1].weight, params["logits"]["kernel"], (1, 0))
     _copy(dense[-1].bias, params["logits"]["bias"])
+
+
+def main(model_name: str, size: int, batches: Sequence[int], repeats: int) -> None:
+    """Prints one JSON line per batch size: eval-mode images/s of ``model_name`` (the seed
+    CNN or a torchvision backbone, random weights) on uint8 images at ``size`` px, the
+    median of ``repeats`` calls after a warm-up (experiments/bench_predict.py)."""
+    import json  # noqa: PLC0415
+    import statistics  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    model = (SeedCNN(4) if model_name == "seed_cnn"
+             else torchvision_backbone(model_name, 4, 28)).to(memory_format=torch.channels_last)
+    for batch in batches:
+        images = torch.randint(0, 256, (batch, size, size, 4), dtype=torch.uint8)
+        eval_step(model, images)
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            eval_step(model, images)
+            seconds.append(time.perf_counter() - start)
+        print(json.dumps({"batch": batch, "img_per_s": round(batch / statistics.median(seconds),
+                                                                2),
+                          "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    import sys  # noqa: PLC0415
+
+    main(sys.argv[1], int(sys.argv[2]), [int(b) for b in sys.argv[3].split(",")],
+         int(sys.argv[4]))

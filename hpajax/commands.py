@@ -20,13 +20,15 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hpajax import averaging, ensemble, inference, predictions, report, submission
+from hpajax import averaging, classes, ensemble, exported, inference, predictions, report
+from hpajax import submission
 from hpajax import workdir as workdir_lib
-from hpajax.data import convert, open_store
+from hpajax.data import convert, open_store, pipeline
 from hpajax.data import labels as labelslib
 from hpajax.data.run_data import open_run_data
 from hpajax.data.store import METADATA, Store
 from hpajax.files import is_remote, location, make_folder, write_atomic
+from hpajax.predictions import Predictions
 
 
 def evaluate_command(workdir: str | os.PathLike, step: int | None = None,
@@ -69,53 +71,99 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     output_dir: str | os.PathLike, *, step: int | None = None,
                     ids_csv: str | os.PathLike | None = None, at_least_one: bool = False,
                     workers: int = 1, thresholds: str = "guarded", tta: int | None = None,
-                    tta_reduce: str | None = None) -> epath.Path:
+                    tta_reduce: str | None = None, engine: str = "jax") -> epath.Path:
     """Probabilities and a Kaggle submission for a store or a folder of PNG quads.
 
     ``workdir`` is a run, a cross-validation (the mean of its folds' models) or an
     ensemble (its members' weighted mean); each model predicts at its own input
     size, a PNG folder being converted once per image size. ``ids_csv`` picks the
     images and their order in both cases; ``thresholds`` says which of the report's
-    threshold sets decides the submission's classes.
+    threshold sets decides the submission's classes. ``engine`` "stablehlo" or
+    "onnx" runs ``WORKDIR/export``'s file instead of the checkpoints, with the
+    thresholds its manifest holds; the step and the views were fixed at export.
     """
+    if engine not in exported.ENGINES:
+        raise ValueError(f"--engine={engine}: choose one of {', '.join(exported.ENGINES)}")
+    if engine != "jax":
+        for flag, value in (("--step", step), ("--tta", tta), ("--tta_reduce", tta_reduce)):
+            if value is not None:
+                raise ValueError(f"{flag}: fixed at export, not a choice with --engine={engine}")
     out = location(output_dir, "--output_dir")
     input_path = location(input_path, "--input")
     make_folder(out)
-    found = ensemble.models(workdir, step)
-    configs = [workdir_lib.load_config(run_dir) for _, run_dir, _ in found]
-    sizes = {_stored_size(c) for c in configs}
-    stores, scored, used = {}, [], []
-    for (_, run_dir, run_step), config in zip(found, configs):
-        size = _stored_size(config)
-        if size not in stores:
-            folder = out / ("store" if len(sizes) == 1 else f"store_{size}px")
-            stores[size] = open_store(as_store(input_path, folder, config, ids_csv, workers))
-        store = stores[size]
-        run = inference.restore(run_dir, run_step, tta=tta, tta_reduce=tta_reduce)
-        rows = np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
-        scored.append(inference.predict(run.steps, run.state, store, rows))
-        used.append(f"step {run.step}" + ("" if len(found) == 1 else f" of {run_dir}"))
-    scored = averaging.weighted_mean(scored, [weight for weight, _, _ in found])
-    chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
+    if engine == "jax":
+        scored, used = _predict_checkpoints(workdir, input_path, out, step, ids_csv, workers,
+                                            tta, tta_reduce)
+        chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
+    else:
+        scored, used, manifest = _predict_exported(workdir, engine, input_path, out, ids_csv,
+                                                   workers)
+        chosen = _exported_thresholds(manifest, workdir, scored.probs, thresholds)
     buffer = io.BytesIO()
     np.save(buffer, scored.probs)
     write_atomic(out / "probabilities.npy", buffer.getvalue())
     write_atomic(out / "probabilities.csv", submission.probabilities_csv(scored.ids, scored.probs))
     write_atomic(out / "submission.csv", submission.submission_csv(
         scored.ids, scored.probs, chosen, at_least_one))
-    print(f"predicted {len(scored.ids)} images with {', '.join(used)}: "
+    print(f"predicted {len(scored.ids)} images with {used}: "
           f"{out}/probabilities.npy, probabilities.csv, submission.csv")
     return out
 
 
-def _stored_size(config: ml_collections.ConfigDict) -> int:
+def _predict_checkpoints(workdir: str | os.PathLike, input_path: epath.Path,
+                         out: epath.Path, step: int | None,
+                         ids_csv: str | os.PathLike | None, workers: int, tta: int | None,
+                         tta_reduce: str | None) -> tuple[Predictions, str]:
+    """The weighted mean of the probabilities of ``workdir``'s checkpoints, and which."""
+    found = ensemble.models(workdir, step)
+    configs = [workdir_lib.load_config(run_dir) for _, run_dir, _ in found]
+    sizes = {stored_size(c) for c in configs}
+    stores, scored, used = {}, [], []
+    for (_, run_dir, run_step), config in zip(found, configs):
+        size = stored_size(config)
+        if size not in stores:
+            folder = out / ("store" if len(sizes) == 1 else f"store_{size}px")
+            stores[size] = open_store(as_store(input_path, folder, size, ids_csv, workers))
+        store = stores[size]
+        run = inference.restore(run_dir, run_step, tta=tta, tta_reduce=tta_reduce)
+        scored.append(inference.predict(run.steps, run.state, store, _rows(store, ids_csv)))
+        used.append(f"step {run.step}" + ("" if len(found) == 1 else f" of {run_dir}"))
+    return averaging.weighted_mean(scored, [weight for weight, _, _ in found]), ", ".join(used)
+
+
+EXPORTED_BATCH = 32  # images per call of an exported model
+
+
+def _predict_exported(workdir: str | os.PathLike, engine: str, input_path: epath.Path,
+                      out: epath.Path, ids_csv: str | os.PathLike | None,
+                      workers: int) -> tuple[Predictions, str, dict]:
+    """The probabilities of ``workdir``'s exported file for ``engine``, the file, the
+    manifest."""
+    folder = epath.Path(workdir) / exported.EXPORT_DIR
+    manifest, fn = exported.load(folder, engine)
+    store = open_store(as_store(input_path, out / "store", manifest["input"]["image_size"],
+                                ids_csv, workers))
+    rows = _rows(store, ids_csv)
+    probs = [fn(batch["image"])[batch["mask"]]
+             for batch in pipeline.eval_dataset(store, rows, batch_size=EXPORTED_BATCH)]
+    scored = Predictions(ids=tuple(store.ids[r] for r in rows), rows=rows,
+                         labels=np.zeros((len(rows), classes.NUM_CLASSES), np.uint8),
+                         probs=np.concatenate(probs), loss=float("nan"))
+    return scored, str(folder / exported.FILES[engine]), manifest
+
+
+def _rows(store: Store, ids_csv: str | os.PathLike | None) -> np.ndarray:
+    """The store rows to predict: ``--ids_csv``'s, in its order, else all."""
+    return np.arange(len(store)) if ids_csv is None else rows_of_ids(store, ids_csv)
+
+
+def stored_size(config: ml_collections.ConfigDict) -> int:
     """The image side a run's PNG inputs are converted at: its store's."""
     return config.data.image_size or config.data.input_size
 
 
-def as_store(input_path: str | os.PathLike, converted: epath.Path,
-             config: ml_collections.ConfigDict, ids_csv: str | os.PathLike | None,
-             workers: int) -> epath.Path:
+def as_store(input_path: str | os.PathLike, converted: epath.Path, image_size: int,
+             ids_csv: str | os.PathLike | None, workers: int) -> epath.Path:
     """``input_path`` if it is a store, else its PNG quads converted into ``converted``."""
     path = epath.Path(input_path)
     if (path / METADATA).is_file():
@@ -126,7 +174,7 @@ def as_store(input_path: str | os.PathLike, converted: epath.Path,
     convert.convert(convert.Options(
         format="kaggle", input_dir=pathlib.Path(path), output_dir=converted,
         labels_csv=None if ids_csv is None else pathlib.Path(ids_csv),
-        image_size=_stored_size(config), workers=workers,
+        image_size=image_size, workers=workers,
         command="python -m hpajax.main predict"))
     return converted
 
@@ -162,3 +210,15 @@ def _thresholds(report_dir: epath.Path, probs: np.ndarray, how: str) -> np.ndarr
     else:
         print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({report_dir}/thresholds.json)"))
     return report.prediction_thresholds(report_dir, probs, how)
+
+
+def _exported_thresholds(manifest: dict, workdir: str | os.PathLike, probs: np.ndarray,
+                         how: str) -> np.ndarray:
+    """The ``--thresholds`` set of an exported model: from its manifest, as exported."""
+    where = epath.Path(workdir) / exported.EXPORT_DIR / exported.MANIFEST
+    if how == "0.5" or manifest["thresholds"] is None:
+        print("thresholds: 0.5 for every class" + ("" if how == "0.5" else
+              f" ({where} has none: the run had no report when exported)"))
+        return np.full(classes.NUM_CLASSES, 0.5)
+    print(f"thresholds: {how} ({where})")
+    return report.saved_thresholds(where, manifest["thresholds"], probs, how)

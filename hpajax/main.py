@@ -9,6 +9,9 @@ Commands:
             --members=W1,W2:0.5,... --workdir=DIR
   evaluate  tuned thresholds, metric tables and figures in DIR/report/ --workdir=DIR
   predict   probabilities and a Kaggle submission --workdir=DIR --input=STORE_OR_PNG_DIR
+            [--engine=jax|stablehlo|onnx]
+  export    the model(s) of a run, cross-validation or ensemble as StableHLO and ONNX files
+            that run without hpajax, with manifest.json and MODEL_CARD.md --workdir=DIR
 
 Multi-host: run the same command in every process with --coordinator_address,
 --num_processes and --process_id (or none of them under SLURM or on a Cloud
@@ -26,7 +29,9 @@ from absl import app, flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from hpajax import commands, cv, demo, distributed, ensemble, logs, preemption, report, train
+from hpajax import commands, cv, demo, distributed, ensemble, exported, logs, preemption
+from hpajax import report, train
+from hpajax import export as export_lib
 from hpajax import xla_defaults
 from hpajax import config as config_lib
 from hpajax.checkpointing import CheckpointError
@@ -88,7 +93,8 @@ flags.DEFINE_integer("image_size", 96, "demo: image side in pixels.")
 flags.DEFINE_integer("seed", 0, "demo: seed for data generation and splitting.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "demo: worker processes for data work.")
 flags.DEFINE_integer("train_steps", None, "demo: training steps (default: the demo config's).")
-flags.DEFINE_integer("step", None, "evaluate, predict: checkpoint step (default: the best).")
+flags.DEFINE_integer("step", None, "evaluate, predict, export: checkpoint step (default: "
+                     "the best).")
 flags.DEFINE_integer("fold", None, "cv: train this fold only (0 to K-1), e.g. one per job of "
                      "an array job; without it, every fold not yet trained, then the report.",
                      lower_bound=0)
@@ -115,7 +121,14 @@ flags.DEFINE_enum("thresholds", report.USE, list(report.PREDICTION_THRESHOLDS),
                   "predicted set) or 0.5.")
 flags.DEFINE_string("input", None, "predict: a converted store (local, s3://, gs://) or a local "
                     "folder of Kaggle PNG quads.")
-flags.DEFINE_string("output_dir", None, "predict: output folder (default: WORKDIR/predictions).")
+flags.DEFINE_string("output_dir", None, "predict: output folder (default: "
+                    "WORKDIR/predictions); export: a new or empty folder (default: "
+                    "WORKDIR/export).")
+flags.DEFINE_enum("engine", "jax", list(exported.ENGINES), "predict: jax (the checkpoints), or "
+                  "the file `export` wrote into WORKDIR/export (stablehlo, onnx), with the "
+                  "thresholds of its manifest.")
+flags.DEFINE_list("formats", list(export_lib.FORMATS), "export: the files to write, of "
+                  + ", ".join(export_lib.FORMATS) + ".")
 flags.DEFINE_string("ids_csv", None, "predict: CSV with an Id column (e.g. sample_submission.csv) "
                     "giving the images and their order; default: every quad in --input.")
 flags.DEFINE_bool("at_least_one", False, "predict: give an image with no class above threshold "
@@ -127,7 +140,7 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's number, 0 t
                      "num_processes - 1.")
 FLAGS = flags.FLAGS
 
-COMMANDS = ("demo", "train", "cv", "ensemble", "evaluate", "predict")
+COMMANDS = ("demo", "train", "cv", "ensemble", "evaluate", "predict", "export")
 
 
 def main(argv: list[str]) -> None:
@@ -178,6 +191,9 @@ def run(command: str) -> None:
         commands.evaluate_command(FLAGS.workdir, FLAGS.step, FLAGS.seed_thresholds,
                                   tta=FLAGS.tta, tta_reduce=FLAGS.tta_reduce,
                                   min_val_positives=FLAGS.min_val_positives)
+    elif command == "export":
+        export_lib.export_command(FLAGS.workdir, step=FLAGS.step, formats=FLAGS.formats,
+                                  output_dir=FLAGS.output_dir)
     else:
         if FLAGS.input is None:
             raise app.UsageError("predict needs --input=STORE_OR_PNG_DIR")
@@ -186,7 +202,7 @@ def run(command: str) -> None:
                                  step=FLAGS.step, ids_csv=FLAGS.ids_csv,
                                  at_least_one=FLAGS.at_least_one, workers=FLAGS.workers,
                                  thresholds=FLAGS.thresholds, tta=FLAGS.tta,
-                                 tta_reduce=FLAGS.tta_reduce)
+                                 tta_reduce=FLAGS.tta_reduce, engine=FLAGS.engine)
 
 
 if __name__ == "__main__":

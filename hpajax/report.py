@@ -274,15 +274,21 @@ def prediction_thresholds(report_dir: str | os.PathLike, probs: np.ndarray,
                          + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS))
     if how == "0.5":
         return np.full(classes.NUM_CLASSES, 0.5)
+    return saved_thresholds(*_read_thresholds(report_dir), probs, how)
+
+
+def saved_thresholds(where: str | os.PathLike, saved: dict, probs: np.ndarray,
+                     how: str) -> np.ndarray:
+    """``prediction_thresholds``' set ``how`` (not "0.5") from ``saved``, thresholds.json's
+    content as read from ``where`` (a report's file, or an export's manifest)."""
     if how != "rate":
-        return load_thresholds(report_dir, how)
-    path, data = _read_thresholds(report_dir)
-    if "class_frequency" not in data:
-        raise ValueError(f"{path} has no class_frequency for \"rate\" thresholds (its "
+        return _fixed_set(where, saved, how)
+    if "class_frequency" not in saved:
+        raise ValueError(f"{where} has no class_frequency for \"rate\" thresholds (its "
                          "predictions were saved without it): run `python -m hpajax.main "
                          "evaluate` again, or choose another of "
                          + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS if h != "rate"))
-    return evaluate.rate_thresholds(probs, data["class_frequency"])
+    return evaluate.rate_thresholds(probs, saved["class_frequency"])
 
 
 def load_thresholds(report_dir: str | os.PathLike, name: str | None = None) -> np.ndarray:
@@ -292,14 +298,17 @@ def load_thresholds(report_dir: str | os.PathLike, name: str | None = None) -> n
     the report) or it is not 28 thresholds in [0, 1].
     """
     path, data = _read_thresholds(report_dir)
-    name = data["use"] if name is None else name
-    if name not in data:
-        raise ValueError(f"{path} has no {name!r} thresholds (written by an earlier hpajax): "
+    return _fixed_set(path, data, data["use"] if name is None else name)
+
+
+def _fixed_set(where: str | os.PathLike, saved: dict, name: str) -> np.ndarray:
+    if name not in saved:
+        raise ValueError(f"{where} has no {name!r} thresholds (written by an earlier hpajax): "
                          "rebuild the report with `python -m hpajax.report WORKDIR`")
     try:
-        return evaluate.check_thresholds(data[name], classes.NUM_CLASSES)
+        return evaluate.check_thresholds(saved[name], classes.NUM_CLASSES)
     except ValueError as e:
-        raise ValueError(f"{path}: {name}: {e}") from None
+        raise ValueError(f"{where}: {name}: {e}") from None
 
 
 def _read_thresholds(report_dir: str | os.PathLike) -> tuple[epath.Path, dict]:

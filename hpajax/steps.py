@@ -134,16 +134,31 @@ def input_shape(config: ml_collections.ConfigDict, image_size: int = 0
     return size, size, len(config.data.channels)
 
 
-def resize(images: jax.Array, size: int) -> jax.Array:
+def resize(images: jax.Array, size: int, *, as_matrices: bool = False) -> jax.Array:
     """Float images [B, H, W, C] at ``size`` x ``size`` (antialiased linear), if not already.
 
     Lets one 512 px store feed the seed's 128/256/512 px input-size sweep;
     training augments at the store's resolution first, then resizes.
+    ``as_matrices`` applies the same linear map as two products with fixed
+    matrices (``resize_matrix``): the form exporters convert.
     """
     if images.shape[1:3] == (size, size):
         return images
+    if as_matrices:
+        rows, cols = resize_matrix(images.shape[1], size), resize_matrix(images.shape[2], size)
+        images = jnp.einsum("sh,bhwc->bswc", rows, images, precision="highest")
+        return jnp.einsum("tw,bswc->bstc", cols, images, precision="highest")
     return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
                             "linear", antialias=True)
+
+
+def resize_matrix(length: int, size: int) -> np.ndarray:
+    """The [size, length] matrix of ``resize`` along one axis of ``length`` px: its
+    response to each unit impulse (exact: the weights times 1, plus zeros), computed
+    while tracing into a constant."""
+    with jax.ensure_compile_time_eval():
+        eye = jnp.eye(length, dtype=jnp.float32)
+        return np.asarray(jax.image.resize(eye, (size, length), "linear", antialias=True))
 
 
 # torchvision's ImageNet channel statistics (red, green, blue) and yellow's as
@@ -180,9 +195,11 @@ def normalized(images: jax.Array, norm: Normalization) -> jax.Array:
     return (images - mean) / std
 
 
-def model_input(images: jax.Array, size: int, norm: Normalization = None) -> jax.Array:
-    """Un-augmented uint8 images as the model sees them: float at ``size``, normalized."""
-    return normalized(resize(augment.to_float(images), size), norm)
+def model_input(images: jax.Array, size: int, norm: Normalization = None, *,
+                portable: bool = False) -> jax.Array:
+    """Un-augmented uint8 images as the model sees them: float at ``size``, normalized
+    (``portable``: resized by ``resize``'s matrices)."""
+    return normalized(resize(augment.to_float(images), size, as_matrices=portable), norm)
 
 
 def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn,
@@ -263,32 +280,44 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
+_PROB_EPS = 1e-7  # reduced probabilities are clipped to [eps, 1 - eps] for their loss
+
+
+def infer(variables: dict, images: jax.Array, *, model, size: int, norm: Normalization = None,
+          tta: int = 1, tta_reduce: str = "mean", crop: bool = False,
+          portable: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Logits and probabilities [B, K] of un-augmented uint8 images [B, H, W, C].
+
+    The one function between a batch and its probabilities: evaluation and
+    prediction run it jitted (``eval_step``), export (``hpajax.export``) with
+    the weights baked in. With ``tta`` > 1 or ``crop`` the probabilities are
+    reduced over the views (``hpajax.tta``: dihedral transforms, and the grid
+    of crops covering the stored image) and the logits are those of the
+    reduced probabilities, clipped to stay finite. ``portable``: the same
+    values from operations every exporter converts (views unrolled, resize
+    as matrices).
+    """
+    apply = lambda images: model.apply(  # noqa: E731
+        variables, model_input(images, size, norm, portable=portable), train=False)
+    if tta == 1 and not crop:
+        logits = apply(images)
+        return logits, jax.nn.sigmoid(logits)
+    probs = tta_lib.predict_views(lambda images: jax.nn.sigmoid(apply(images)), images, tta,
+                                  size if crop else None, tta_reduce, unrolled=portable)
+    clipped = jnp.clip(probs, _PROB_EPS, 1.0 - _PROB_EPS)
+    return jnp.log(clipped) - jnp.log1p(-clipped), probs
+
+
 def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int,
               norm: Normalization = None, tta: int = 1, tta_reduce: str = "mean",
               crop: bool = False) -> dict:
-    """Probabilities and the masked loss sum of an un-augmented batch.
-
-    With ``tta`` > 1 or ``crop`` the probabilities are reduced over the views
-    (``hpajax.tta``: dihedral transforms, and the grid of crops covering the
-    stored image) and the loss is that of the reduced probabilities.
-    """
+    """Probabilities (``infer``'s) and the masked loss sum of an un-augmented batch."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    apply = lambda images: model.apply(variables, model_input(images, size, norm),  # noqa: E731
-                                       train=False)
-    if tta == 1 and not crop:
-        logits = apply(batch["image"])
-        probs = jax.nn.sigmoid(logits)
-    else:
-        probs = tta_lib.predict_views(lambda images: jax.nn.sigmoid(apply(images)),
-                                      batch["image"], tta, size if crop else None, tta_reduce)
-        clipped = jnp.clip(probs, _PROB_EPS, 1.0 - _PROB_EPS)  # finite logits
-        logits = jnp.log(clipped) - jnp.log1p(-clipped)
+    logits, probs = infer(variables, batch["image"], model=model, size=size, norm=norm,
+                          tta=tta, tta_reduce=tta_reduce, crop=crop)
     mask = batch["mask"]
     loss = loss_fn(logits, batch["label"].astype(jnp.float32), mask)
     return {"loss_sum": jnp.where(mask, loss, 0.0).sum(), "count": mask.sum(), "probs": probs}
-
-
-_PROB_EPS = 1e-7  # reduced probabilities are clipped to [eps, 1 - eps] for their loss
 
 
 def moments_step(state: TrainState, batch: dict, *, model, size: int,

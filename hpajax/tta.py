@@ -63,21 +63,29 @@ def crop_offsets(image_size: int, size: int) -> tuple[int, ...]:
     return tuple(i * (image_size - size) // max(count - 1, 1) for i in range(count))
 
 
-def _view_maker(images: jax.Array, n: int, crop_size: int | None
-                ) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
-    """Every view's (row, col, transform) [V, 3] and a function making a row's view.
+def _view_table(shape: tuple[int, ...], n: int, crop_size: int | None
+                ) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
+    """The views' side (h, w) and every view's (row, col, transform) of images ``shape``.
 
     Crops come row-major, each in the first ``n`` transforms; without
     ``crop_size`` the one crop is the whole image.
     """
     if n not in TTA_VIEWS:
         raise ValueError(f"--tta={n}: choose one of {TTA_VIEWS}")
-    batch, height, width, channels = images.shape
+    _, height, width, _ = shape
     crop = (height, width) if crop_size is None else (crop_size, crop_size)
     if n == 8 and crop[0] != crop[1]:
         raise ValueError(f"--tta=8 transposes, which needs square views, not {crop[0]}x{crop[1]}")
-    table = jnp.asarray([(row, col, t) for row in crop_offsets(height, crop[0])
-                         for col in crop_offsets(width, crop[1]) for t in range(n)], jnp.int32)
+    return crop, [(row, col, t) for row in crop_offsets(height, crop[0])
+                  for col in crop_offsets(width, crop[1]) for t in range(n)]
+
+
+def _view_maker(images: jax.Array, n: int, crop_size: int | None
+                ) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
+    """Every view's (row, col, transform) [V, 3] and a function making a row's view,
+    for ``jax.lax.map``."""
+    crop, entries = _view_table(images.shape, n, crop_size)
+    batch, channels = images.shape[0], images.shape[3]
     transforms = [functools.partial(dihedral, index=t) for t in range(n)]
 
     def make(entry: jax.Array) -> jax.Array:
@@ -85,7 +93,15 @@ def _view_maker(images: jax.Array, n: int, crop_size: int | None
         cropped = jax.lax.dynamic_slice(images, (0, row, col, 0), (batch, *crop, channels))
         return jax.lax.switch(transform, transforms, cropped)
 
-    return make, table
+    return make, jnp.asarray(entries, jnp.int32)
+
+
+def _unrolled_views(images: jax.Array, n: int, crop_size: int | None) -> list[jax.Array]:
+    """The views of ``views``, one static slice and transform each (no loop, no switch)."""
+    (h, w), entries = _view_table(images.shape, n, crop_size)
+    crop = lambda row, col: jax.lax.slice_in_dim(  # noqa: E731
+        jax.lax.slice_in_dim(images, row, row + h, axis=1), col, col + w, axis=2)
+    return [dihedral(crop(row, col), t) for row, col, t in entries]
 
 
 def views(images: jax.Array, n: int, crop_size: int | None = None) -> jax.Array:
@@ -95,17 +111,24 @@ def views(images: jax.Array, n: int, crop_size: int | None = None) -> jax.Array:
 
 
 def predict_views(fn: Callable[[jax.Array], jax.Array], images: jax.Array, n: int,
-                  crop_size: int | None = None, reduce: str = "mean") -> jax.Array:
+                  crop_size: int | None = None, reduce: str = "mean", *,
+                  unrolled: bool = False) -> jax.Array:
     """``fn`` (images -> probabilities [B, K]) reduced by ``reduce`` over every view.
 
     ``n`` (``--tta``), ``crop_size`` and ``reduce`` (``--tta_reduce``) are read
     in Python, so they are static under ``jax.jit``. A single view (``n=1``,
     no crops) is ``fn(images)`` itself, the evaluation without TTA.
+    ``unrolled`` traces ``fn`` once per view instead of looping over the views
+    (the same values): the form exporters without loops or multi-way switches
+    convert (``hpajax.export``).
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"--tta_reduce={reduce!r}: choose one of {REDUCTIONS}")
-    make, table = _view_maker(images, n, crop_size)
-    if len(table) == 1:
+    if len(_view_table(images.shape, n, crop_size)[1]) == 1:
         return fn(images)
-    probs = jax.lax.map(lambda entry: fn(make(entry)), table)
+    if unrolled:
+        probs = jnp.stack([fn(view) for view in _unrolled_views(images, n, crop_size)])
+    else:
+        make, table = _view_maker(images, n, crop_size)
+        probs = jax.lax.map(lambda entry: fn(make(entry)), table)
     return probs.mean(axis=0) if reduce == "mean" else probs.max(axis=0)

@@ -77,9 +77,9 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # files to its workers in collection order, so starting with these keeps a
 # worker from picking up a long file near the end while the other idles.
 _SLOWEST_FIRST = ("test_object_storage.py", "test_multihost.py", "test_backbones.py",
-                  "test_faults.py", "test_demo.py", "test_cv.py", "test_commands.py",
-                  "test_gpu_check.py", "test_compare_backbones.py", "test_split.py",
-                  "test_ensemble.py", "test_recipes.py",
+                  "test_faults.py", "test_demo.py", "test_cv.py", "test_export.py",
+                  "test_commands.py", "test_gpu_check.py", "test_compare_backbones.py",
+                  "test_split.py", "test_ensemble.py", "test_recipes.py",
                   "test_sweep.py", "test_train.py", "test_resnet.py", "test_model.py",
                   "test_report.py", "test_convert.py", "test_augment.py", "test_ingredients.py",
                   "test_densenet.py", "test_weights.py")
@@ -297,3 +297,20 @@ def _with_suffix_ranges(download):
         return download(request, response, storage, *args, **kwargs)
 
     return serve
+
+
+def predict_outside(images: np.ndarray, folders: dict[str, pathlib.Path],
+                    tmp: pathlib.Path) -> dict[str, np.ndarray]:
+    """Exported models' probabilities of ``images`` in a process that can import only jax,
+    numpy, onnxruntime and their dependencies (tests/exported_outside.py), compiled at
+    LLVM's level 0 (the suite's default): "NAME/ENGINE/BATCH" -> [N, 28]."""
+    import subprocess
+
+    np.save(tmp / "images.npy", images)
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+    r = subprocess.run([PYTHON, str(REPO / "tests" / "exported_outside.py"),
+                        str(tmp / "images.npy"), str(tmp / "outside.npz"),
+                        *(f"{name}={folder}" for name, folder in folders.items())],
+                       capture_output=True, text=True, cwd=tmp, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(np.load(tmp / "outside.npz"))

@@ -8,12 +8,12 @@ import signal
 import jax
 import numpy as np
 import pytest
-from conftest import PYTHON, synthetic_store, tiny_config
+from conftest import PYTHON, predict_outside, synthetic_store, tiny_config
 from test_faults import run_until
 
-from hpajax import commands, config as config_lib, inference, models, train
+from hpajax import commands, config as config_lib, export, inference, models, train
 from hpajax import steps as steps_lib
-from hpajax.data import pipeline
+from hpajax.data import open_store, pipeline
 from hpajax.data.run_data import open_run_data
 
 SIZE = 32  # the backbones pool 32x down: one pixel left before the global average
@@ -99,6 +99,20 @@ def test_resnet18_from_torchvision_weights_trains_resumes_exactly_and_evaluates(
     out = commands.predict_command(run, store, tmp_path / "pred")
     assert (out / "submission.csv").read_text().startswith("Id,Predicted\n")
     assert type(inference.restore(run).steps.model).__name__ == "ResNet"
+
+
+def test_resnet18_exported_gives_predicts_probabilities_outside_hpajax(store, pretrained_run,
+                                                                       tmp_path):
+    """ImageNet-normalized ResNet-18 with head dropout (off at inference): the StableHLO and
+    ONNX files at two batch sizes, within float32 rounding (observed 2e-7) of predict."""
+    export.export_command(pretrained_run, output_dir=tmp_path / "export")
+    images = open_store(store).images[:7].read().result()
+    outside = predict_outside(images, {"resnet18": tmp_path / "export"}, tmp_path)
+    want = np.load(commands.predict_command(pretrained_run, store, tmp_path / "pred")
+                   / "probabilities.npy")[:7]
+    assert len(outside) == 4
+    for key, got in outside.items():
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=key)
 
 
 def test_sigkill_mid_run_then_resume_is_exact(store, weights_file, pretrained_run, tmp_path,

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import PYTHON, REPO, run_records, synthetic_store, tiny_config
 
-from hpajax import commands, cv, ensemble, evaluate, predictions, report, train
+from hpajax import commands, cv, ensemble, evaluate, export, exported, predictions, report
+from hpajax import train
 from hpajax.data import split, store as storelib
 from hpajax.data.run_data import open_run_data
 
@@ -199,3 +201,24 @@ def test_an_ensemble_of_cross_validations_tunes_on_their_out_of_fold_mean(done, 
     assert {k: metrics[k] for k in ("oof", "test")} == {k: saved[k] for k in ("oof", "test")}
     assert (tmp_path / "report" / "thresholds.json").read_text() == (
         done / report.REPORT_DIR / "thresholds.json").read_text()
+
+
+def test_the_folder_exports_as_its_folds_mean_with_out_of_fold_thresholds(store, done,
+                                                                          tmp_path):
+    """One ONNX function, the folds' mean: predict --engine=onnx gives cv's test predictions
+    within float32 rounding (tests/test_export.py), with the out-of-fold thresholds."""
+    work = tmp_path / "cv"
+    shutil.copytree(done, work)
+    export.export_command(work, formats=["onnx"])
+    manifest = exported.read_manifest(work / exported.EXPORT_DIR)
+    assert [m["weight"] for m in manifest["models"]] == [1 / FOLDS] * FOLDS
+    assert [pathlib.Path(m["workdir"]).name
+            for m in manifest["models"]] == [f"fold{k}" for k in range(FOLDS)]
+    assert manifest["thresholds"] == json.loads((done / report.REPORT_DIR /
+                                                 "thresholds.json").read_text())
+    test, _ = predictions.load(done / report.CV_TEST_FILE)
+    ids_csv = tmp_path / "test_ids.csv"
+    ids_csv.write_text("Id\n" + "".join(f"{i}\n" for i in test.ids))
+    commands.predict_command(work, store, tmp_path / "p", ids_csv=ids_csv, engine="onnx")
+    np.testing.assert_allclose(np.load(tmp_path / "p" / "probabilities.npy"), test.probs,
+                               rtol=0, atol=1e-5)

@@ -20,12 +20,13 @@ FLOORS = {
              "synthetic.kaggle_files"],
     "math": ["models", "models.layers", "models.seed_cnn", "models.resnet", "models.densenet",
              "models.weights",
-             "augment", "tta", "losses"],
+             "augment", "tta", "losses", "onnx_graph"],
     "steps": ["steps"],
-    "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "inference"],
-    "top": ["train", "cv", "ensemble", "commands", "demo", "main"],
+    "run": ["checkpointing", "logs", "preemption", "distributed", "workdir", "inference",
+            "exported"],
+    "top": ["train", "cv", "ensemble", "commands", "export", "demo", "main"],
 }
-BESIDE = ["report", "figures", "grids"]
+BESIDE = ["report", "figures", "grids", "model_card"]
 LEVEL = {name: level for level, names in enumerate(FLOORS.values()) for name in names}
 DATA_LEVEL = list(FLOORS).index("data")
 TOP_LEVEL = list(FLOORS).index("top")

@@ -22,7 +22,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, computed as
     elementwise maxima of strided slices, rows first, then columns: with
     hpajax's XLA:CPU defaults the fastest exact form measured (BENCHMARKS.md,
-    "Measurements behind the defaults").
+    "Measurements behind the defaults"). ``lax.slice``, as ``x[:, 0::2]`` is
+    for static shapes, also under a symbolic batch (where indexing gathers).
 
     Gradients equal ``nn.max_pool``'s where each window's maximum is unique.
     On ties ``nn.max_pool`` gives the whole gradient to one input; here each
@@ -31,9 +32,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     gradient either way.
     """
     height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-    x = x[:, :height, :width]
-    rows = jnp.maximum(x[:, 0::2], x[:, 1::2])
-    return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
+    rows = jnp.maximum(*(jax.lax.slice_in_dim(x, i, height, 2, axis=1) for i in (0, 1)))
+    return jnp.maximum(*(jax.lax.slice_in_dim(rows, i, width, 2, axis=2) for i in (0, 1)))
 
 
 def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
