@@ -141,8 +141,13 @@ def _predict_exported(workdir: str | os.PathLike, engine: str, input_path: epath
     manifest."""
     folder = epath.Path(workdir) / exported.EXPORT_DIR
     manifest, fn = exported.load(folder, engine)
-    store = open_store(as_store(input_path, out / "store", manifest["input"]["image_size"],
-                                ids_csv, workers))
+    size = manifest["input"]["image_size"]
+    store = open_store(as_store(input_path, out / "store", size, ids_csv, workers))
+    want = (size, size, classes.NUM_CHANNELS)
+    if tuple(store.images.shape[1:]) != want:
+        raise ValueError(f"--input={input_path}: images of {tuple(store.images.shape[1:])}, "
+                         f"but the exported model takes {want} (its run's store); convert "
+                         f"the PNGs at --image_size={size}, or pass their folder")
     rows = _rows(store, ids_csv)
     probs = [fn(batch["image"])[batch["mask"]]
              for batch in pipeline.eval_dataset(store, rows, batch_size=EXPORTED_BATCH)]

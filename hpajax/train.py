@@ -35,6 +35,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raises ``preemption.Preempted``; raises ``FloatingPointError`` on a
     NaN/Inf step unless ``config.skip_nonfinite``.
     """
+    _check_intervals(config)
     workdir = workdir_lib.prepare(workdir)
     data = open_run_data(config.data)
     steps = build_steps(config, data)
@@ -47,6 +48,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _resume_and_run(config, workdir, data, steps, ckpt)
     finally:
         ckpt.close()
+
+
+def _check_intervals(config: ml_collections.ConfigDict) -> None:
+    """The loop's step counts are positive (each is a modulus), before anything is written."""
+    for field in ("total_steps", "log_every", "eval_every", "checkpoint_every"):
+        if config[field] < 1:
+            raise ValueError(f"config.{field}={config[field]}: must be 1 or more")
 
 
 def _resume_and_run(config: ml_collections.ConfigDict, workdir: epath.Path, data: RunData,

@@ -114,6 +114,13 @@ def test_a_changed_file_fails_its_sha256_check(runs, tmp_path):
     assert not (tmp_path / "out" / "probabilities.npy").exists()
 
 
+def test_a_store_of_another_size_is_refused_by_name(runs, tmp_path):
+    other = synthetic_store(tmp_path / "data", 12, 24)
+    with pytest.raises(ValueError, match=r"--input=.*: images of \(24, 24, 4\), but the "
+                                         r"exported model takes \(32, 32, 4\)"):
+        commands.predict_command(runs["plain"], other, tmp_path / "out", engine="stablehlo")
+
+
 def test_step_and_views_are_fixed_at_export(runs, tmp_path):
     for flag, kw in (("--step", {"step": 3}), ("--tta", {"tta": 2})):
         with pytest.raises(ValueError, match=f"{flag}: fixed at export"):

@@ -169,3 +169,10 @@ def test_builds_share_their_programs_unless_a_program_input_differs(store):
                      {"data.channels": (0, 1, 2)}):
         other = train.build_steps(tiny(store, **override), data)
         assert not any(a is b for a, b in zip(programs(other), programs(first))), override
+
+
+@pytest.mark.parametrize("field", ["total_steps", "log_every", "eval_every", "checkpoint_every"])
+def test_a_step_count_below_one_is_refused_before_anything_is_written(store, tmp_path, field):
+    with pytest.raises(ValueError, match=f"config.{field}=0: must be 1 or more"):
+        train.train_and_evaluate(tiny_config(store, **{field: 0}), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
