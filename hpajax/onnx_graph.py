@@ -50,8 +50,10 @@ def to_onnx(fn: Callable, weights, example: jax.ShapeDtypeStruct, *,
     graph.nodes.append(helper.make_node("Identity", [graph.read(env, outvar)], [output_name]))
     graph.outputs.append(helper.make_tensor_value_info(
         output_name, _onnx_type(outvar.aval.dtype), [_dim(d) for d in outvar.aval.shape]))
+    used = {name for node in graph.nodes for name in node.input}
+    initializers = [i for i in graph.initializers if i.name in used]
     model = helper.make_model(
-        helper.make_graph(graph.nodes, "hpajax", graph.inputs, graph.outputs, graph.initializers),
+        helper.make_graph(graph.nodes, "hpajax", graph.inputs, graph.outputs, initializers),
         opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hpajax")
     onnx.checker.check_model(model)
     return model
@@ -73,6 +75,7 @@ class _Graph:
     def __init__(self):
         self.nodes, self.initializers, self.inputs, self.outputs = [], [], [], []
         self.symbols: dict[str, tuple[str, int]] = {}  # symbolic dim -> (input, axis)
+        self.static: set[str] = set()  # values computed from initializers alone
         self._count = 0
 
     def name(self, hint: str) -> str:
@@ -84,11 +87,14 @@ class _Graph:
             value = value.astype(np.float32)
         name = self.name(hint)
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        self.static.add(name)
         return name
 
     def node(self, op: str, inputs: Sequence[str], **attrs) -> str:
         out = self.name(op)
         self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        if all(i in self.static for i in inputs):
+            self.static.add(out)
         return out
 
     def read(self, env: dict, atom) -> str:
@@ -151,6 +157,24 @@ def _inline(graph: _Graph, eqn, ins: list[str]) -> list[str]:
 
 def _simple(op: str) -> Callable:
     return lambda graph, eqn, ins: [graph.node(op, ins)]
+
+
+def _sub(graph: _Graph, eqn, ins: list[str]) -> list[str]:
+    """``x - c`` as ``x + (-c)`` (the same float) where ``c`` is a constant: the form
+    onnxruntime folds into a preceding convolution's bias (inference BatchNorm)."""
+    x, c = ins
+    if c in graph.static and x not in graph.static:
+        return [graph.node("Add", [x, graph.node("Neg", [c])])]
+    return [graph.node("Sub", ins)]
+
+
+def _max(graph: _Graph, eqn, ins: list[str]) -> list[str]:
+    """``max(x, 0)`` as ``Relu(x)``, which onnxruntime fuses into a preceding convolution."""
+    zero = [isinstance(v, jax.extend.core.Literal) and np.all(np.asarray(v.val) == 0)
+            for v in eqn.invars]
+    if any(zero) and not all(zero):
+        return [graph.node("Relu", [ins[zero.index(False)]])]
+    return [graph.node("Max", ins)]
 
 
 def _rsqrt(graph: _Graph, eqn, ins: list[str]) -> list[str]:
@@ -315,13 +339,13 @@ def _pool(op: str) -> Callable:
 
 _CONVERTERS: dict[str, Callable[[_Graph, object, list[str]], list[str]]] = {
     **{name: _simple(op) for name, op in {
-        "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
+        "add": "Add", "mul": "Mul", "div": "Div", "min": "Min",
         "neg": "Neg", "log": "Log", "exp": "Exp", "logistic": "Sigmoid", "sqrt": "Sqrt",
         "abs": "Abs", "tanh": "Tanh", "erf": "Erf", "copy": "Identity",
         "copy_p": "Identity", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
         "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "not": "Not"}.items()},
     "square": lambda graph, eqn, ins: [graph.node("Mul", [ins[0], ins[0]])],
-    "rsqrt": _rsqrt, "log1p": _log1p, "integer_pow": _integer_pow, "select_n": _select_n,
+    "sub": _sub, "max": _max, "rsqrt": _rsqrt, "log1p": _log1p, "integer_pow": _integer_pow, "select_n": _select_n,
     "clamp": _clamp, "convert_element_type": _convert, "reshape": _reshape,
     "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
     "rev": _rev, "slice": _slice, "concatenate": _concatenate, "stack": _stack,

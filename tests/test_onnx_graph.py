@@ -103,3 +103,21 @@ def test_unrolled_views_are_the_looped_ones(n, crop):
             tta.predict_views(fn, images, n, crop, reduce, unrolled=True),
             jax.jit(lambda x: tta.predict_views(fn, x, n, crop, reduce))(images),
             rtol=0, atol=1e-6)
+
+
+def test_batch_norm_and_relu_take_the_forms_onnxruntime_folds_into_the_convolution():
+    """Inference BatchNorm's ``x - mean`` as ``x + (-mean)`` (the same float) and ``max(x, 0)``
+    as Relu: onnxruntime then folds both into the convolution before them."""
+    w = {"k": RNG.normal(size=(3, 3, 3, 4)).astype(np.float32),
+         "mean": RNG.normal(size=4).astype(np.float32), "scale": np.float32(0.5)}
+
+    def fn(w, x):
+        y = jax.lax.conv_general_dilated(x, w["k"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.nn.relu((y - w["mean"]) * w["scale"])
+
+    example = jax.ShapeDtypeStruct(jax.export.symbolic_shape("B, 6, 6, 3"), jnp.float32)
+    ops = {n.op_type for n in onnx_graph.to_onnx(fn, w, example).graph.node}
+    assert {"Relu", "Neg", "Add"} <= ops and not ops & {"Sub", "Max"}
+    x = RNG.normal(size=(2, 6, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(fn, w, x), jax.jit(fn)(w, x), rtol=1e-5, atol=1e-6)
