@@ -56,8 +56,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.decay = "all"  # what weight decay applies to: "all" or "kernels"
     c.optimizer.head_warmup_steps = 0  # first steps in which the backbone's LR is scaled ...
     c.optimizer.head_warmup_scale = 0.0  # ... by this (0: frozen), so a new head settles first
-    c.optimizer.plateau_factor = 0.1  # LR x0.1 ...
+    # The LR schedule: "plateau" (the seed's rule below), "cosine" (linear warm-up from 0,
+    # then cosine to lr_floor x learning_rate), "step" (x each lr_factors entry after the
+    # matching lr_boundaries step) or "onecycle" (up then down, torch's OneCycleLR).
+    c.optimizer.schedule = "plateau"
+    c.optimizer.plateau_factor = 0.1  # "plateau": LR x0.1 ...
     c.optimizer.plateau_patience = 3  # ... after 3 evaluations without val-loss improvement
+    c.optimizer.lr_warmup_steps = 0  # "cosine": the warm-up (not head_warmup_steps)
+    c.optimizer.lr_decay_steps = 0  # "cosine", "onecycle": steps spanned (0: total_steps)
+    c.optimizer.lr_floor = 0.0  # "cosine": the last LR, a fraction of learning_rate
+    c.optimizer.lr_boundaries = ()  # "step": after these steps ...
+    c.optimizer.lr_factors = ()  # ... the LR is multiplied by these factors
+    c.optimizer.onecycle_pct_start = 0.3  # "onecycle": the rising share of the steps
 
     c.loss = "bce"  # "bce", "focal", "lovasz" or a weighted sum such as "focal+0.5*lovasz"
     c.focal_gamma = 2.0

@@ -80,8 +80,50 @@ def make_mesh(batch_size: int) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam as the seed's Table 4, with decoupled weight decay.
+SCHEDULES = ("plateau", "cosine", "step", "onecycle")  # config.optimizer.schedule
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.ScalarOrSchedule:
+    """``cfg.learning_rate`` under ``cfg.schedule``: a constant for "plateau" (whose rule
+    scales the updates after evaluations, ``update_plateau``), else an optax schedule of
+    the update count (0 for step 1)."""
+    name, lr = cfg.get("schedule", "plateau"), cfg.learning_rate
+    if name not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule={name!r}: choose one of "
+                         + ", ".join(repr(s) for s in SCHEDULES))
+    span = cfg.lr_decay_steps or total_steps if name in ("cosine", "onecycle") else 0
+    if name == "cosine":
+        if not 0 <= cfg.lr_warmup_steps < span:
+            raise ValueError(f"config.optimizer.lr_warmup_steps={cfg.lr_warmup_steps}: must "
+                             f"be 0 or more and below the {span} steps the schedule spans")
+        return optax.warmup_cosine_decay_schedule(0.0, lr, cfg.lr_warmup_steps, span,
+                                                  end_value=lr * cfg.lr_floor)
+    if name == "onecycle":
+        return optax.cosine_onecycle_schedule(span, lr, cfg.onecycle_pct_start)
+    if name == "step":
+        if len(cfg.lr_boundaries) != len(cfg.lr_factors):
+            raise ValueError(f"config.optimizer.lr_boundaries={tuple(cfg.lr_boundaries)} and "
+                             f"lr_factors={tuple(cfg.lr_factors)}: one factor per boundary")
+        return optax.piecewise_constant_schedule(lr, dict(zip(cfg.lr_boundaries,
+                                                              cfg.lr_factors)))
+    return lr
+
+
+def learning_rate_at(config: ml_collections.ConfigDict, state: TrainState) -> float:
+    """The learning rate of ``state``'s last update: the schedule's at the optimizer's
+    update count (which skipped non-finite steps do not advance), times the plateau
+    rule's scale."""
+    lr = learning_rate(config.optimizer, config.total_steps)
+    if callable(lr):
+        (_, count), *_ = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")
+        lr = lr(max(int(count) - 1, 0))
+    return float(lr) * float(state.plateau.scale)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   total_steps: int = 0) -> optax.GradientTransformation:
+    """Adam as the seed's Table 4, with decoupled weight decay, at ``learning_rate``'s
+    schedule (over ``total_steps``).
 
     ``cfg.decay`` says what decays: "all" parameters (the seed's), or only
     "kernels", leaving BatchNorm scales and biases alone as pretrained
@@ -93,7 +135,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     if decay not in ("all", "kernels"):
         raise ValueError(f"config.optimizer.decay={decay!r}: choose 'all' or 'kernels'")
     mask = None if decay == "all" else _kernels
-    tx = optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+    tx = optax.adamw(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                      weight_decay=cfg.weight_decay, mask=mask)
     warmup = cfg.get("head_warmup_steps", 0)
     if warmup < 0:
@@ -387,11 +429,19 @@ def _program_key(config: ml_collections.ConfigDict, mesh: Mesh,
     norm = input_normalization(config)
     return json.dumps([config.model.to_dict(), config.loss, config.focal_gamma,
                        None if pos_weight is None else np.asarray(pos_weight).tolist(),
-                       config.optimizer.to_dict(), config.augment.to_dict(),
+                       config.optimizer.to_dict(), _schedule_span(config),
+                       config.augment.to_dict(),
                        ema_decay(config), config.get("tta", 1), config.get("tta_reduce", "mean"),
                        None if norm is None else [n.tolist() for n in norm], list(image_shape),
                        [d.id for d in mesh.devices.flat], list(mesh.axis_names)],
                       sort_keys=True, default=str)
+
+
+def _schedule_span(config: ml_collections.ConfigDict) -> int | None:
+    """``config.total_steps`` where the LR schedule spans it, else None: runs of other
+    lengths share their programs."""
+    spans = config.optimizer.get("schedule", "plateau") in ("cosine", "onecycle")
+    return config.total_steps if spans and not config.optimizer.lr_decay_steps else None
 
 
 def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
@@ -399,7 +449,7 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[
     """``Steps``'s fields after ``config``, ``image_shape`` and ``mesh``."""
     model = models.create(config.model)
     loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
-    tx = make_optimizer(config.optimizer)
+    tx = make_optimizer(config.optimizer, config.total_steps)
     plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
                                               patience=config.optimizer.plateau_patience)
     rep = NamedSharding(mesh, PartitionSpec())
@@ -470,7 +520,10 @@ def zero_sums(steps: Steps) -> dict:
 
 
 def update_plateau(steps: Steps, state: TrainState, val_loss: float) -> TrainState:
-    """Feeds a validation loss to the LR plateau rule (x factor after patience evals)."""
+    """Feeds a validation loss to the LR plateau rule (x factor after patience evals), under
+    the "plateau" schedule only (the others keep its scale at 1)."""
+    if steps.config.optimizer.get("schedule", "plateau") != "plateau":
+        return state
     _, plateau = steps.plateau.update({}, state.plateau, value=jnp.float32(val_loss))
     return state.replace(plateau=jax.device_put(plateau, steps.replicated))
 

@@ -237,7 +237,7 @@ class _Loop:
         """Logs the training sums the loop fetched to the host."""
         now, (then, then_step) = time.perf_counter(), self.clock
         cfg = self.steps.config
-        lr = cfg.optimizer.learning_rate * float(state.plateau.scale)
+        lr = steps_lib.learning_rate_at(cfg, state)
         loss = float(sums["loss"] / max(int(sums["steps"]), 1))
         epoch = step * cfg.batch_size / sum(len(s.rows) for s in self.data.sources)
         values = {"loss": loss, "lr": lr, "epoch": epoch}

@@ -35,7 +35,11 @@ ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
                 "optimizer.head_warmup_steps": 0, "optimizer.head_warmup_scale": 0.0,
                 "data.sources": [], "data.exclude": "", "data.oversample": 0.0,
                 "data.image_size": 0, "data.fold": -1,
-                "augment.crop": False, "ema_decay": 0.0, "tta": 1, "tta_reduce": "mean"}
+                "augment.crop": False, "ema_decay": 0.0, "tta": 1, "tta_reduce": "mean",
+                "optimizer.schedule": "plateau", "optimizer.lr_warmup_steps": 0,
+                "optimizer.lr_decay_steps": 0, "optimizer.lr_floor": 0.0,
+                "optimizer.lr_boundaries": [], "optimizer.lr_factors": [],
+                "optimizer.onecycle_pct_start": 0.3}
 
 
 def location(workdir: str | os.PathLike) -> epath.Path:
