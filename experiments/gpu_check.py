@@ -68,7 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", help="global batch sizes (default 64,256; smoke 8)")
     p.add_argument("--dtypes", help="model dtypes (default bfloat16,float32; smoke float32)")
     p.add_argument("--models", help="seed_cnn and/or hpajax.config.BACKBONES (default "
-                   "seed_cnn,resnet18,resnet34,resnet50,densenet121; smoke seed_cnn,resnet18)")
+                   "seed_cnn,resnet18,resnet34,resnet50,densenet121,densenet169; smoke "
+                   "seed_cnn,resnet18)")
     p.add_argument("--backbone_dtypes",
                    help="the backbones' dtypes, at the smallest batch (default bfloat16; "
                         "smoke float32)")
@@ -91,7 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                backbone_dtypes="float32", num_samples=24, workers="0,2", steps=2,
                max_seconds=1.0, pipeline_batches=4, time_limit=180.0)
     full = dict(size=512, batches="64,256", dtypes="bfloat16,float32",
-                models=f"{SEED_CNN},resnet18,resnet34,resnet50,densenet121",
+                models=f"{SEED_CNN},resnet18,resnet34,resnet50,densenet121,densenet169",
                 backbone_dtypes="bfloat16", num_samples=1024,
                 workers=f"0,{os.cpu_count() or 1}", steps=30, max_seconds=3.0,
                 pipeline_batches=48, time_limit=420.0)

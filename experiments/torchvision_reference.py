@@ -9,7 +9,7 @@ torchvision==0.29.1 numpy safetensors absl-py``; torch is no hpajax
 dependency, and torchvision does not install beside the torch of the
 benchmarks.)
 
-For ``resnet18``, ``resnet50`` and ``densenet121`` (torchvision's
+For ``resnet18``, ``resnet50``, ``densenet121`` and ``densenet169`` (torchvision's
 constructors, ``weights=None``, 1,000 classes, 3 input channels) it draws a
 state dict with ``seeded_state_dict(names_shapes, seed=0)``, loads it
 (``strict=True``), and runs the model in eval mode on CPU, float32, under
@@ -35,7 +35,7 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-MODELS = ("resnet18", "resnet50", "densenet121")
+MODELS = ("resnet18", "resnet50", "densenet121", "densenet169")
 WEIGHTS_SEED = 0
 INPUT_SEED = 1
 INPUT_SHAPE = (2, 3, 64, 64)  # NCHW

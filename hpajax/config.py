@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # torchvision's ImageNet backbones (hpajax/models/resnet.py, densenet.py).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121", "densenet169")
 MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
 # The seed CNN's first two blocks at a quarter of its width: tiny.py's model, and the
 # toy model of the experiments' smoke runs, which check code paths, not scores.

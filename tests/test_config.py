@@ -114,7 +114,7 @@ def test_a_missing_field_is_named_with_the_models_that_have_it():
     assert config_lib.missing_field(config, "data.channels") == ""
     assert config_lib.missing_field(config, "model.init_from") == (
         "not a field of the seed_cnn model block, but of resnet18, resnet34, resnet50, "
-        "densenet121's: add --config.model.name=resnet18")
+        "densenet121, densenet169's: add --config.model.name=resnet18")
     assert config_lib.missing_field(config, "model.foo").startswith(
         "no model block has a field 'foo' (the seed_cnn block's: dtype, filters,")
     assert config_lib.missing_field(config, "optimizer.lr").startswith(

@@ -11,6 +11,7 @@ from hpajax import models
 from hpajax.models import densenet
 
 TORCHVISION_DENSENET121_PARAMS = 7_978_856  # sum(p.numel() for p in densenet121().parameters())
+TORCHVISION_DENSENET169_PARAMS = 14_149_480  # the same of densenet169() (torchvision 0.29.1)
 # A small DenseNet that still has a transition; 36 px leaves a 9 px block 1,
 # so the transition's pool drops an odd row and column as torch's does.
 TINY = dict(growth_rate=8, block_config=(2, 2), num_init_features=16)
@@ -54,6 +55,14 @@ def test_param_count_matches_torchvision():
     assert total(shapes(3, 1000)["params"]) == TORCHVISION_DENSENET121_PARAMS
     assert total(shapes(4, 28)["params"]) == (TORCHVISION_DENSENET121_PARAMS + 7 * 7 * 1 * 64
                                               + 1024 * (28 - 1000) + (28 - 1000))
+
+
+def test_densenet169_param_count_matches_torchvision():
+    """Its blocks of 6, 12, 32 and 32 layers end at 1,664 features (1,024 for -121)."""
+    variant = densenet.VARIANTS["densenet169"]
+    assert total(shapes(3, 1000, **variant)["params"]) == TORCHVISION_DENSENET169_PARAMS
+    assert total(shapes(4, 28, **variant)["params"]) == (
+        TORCHVISION_DENSENET169_PARAMS + 7 * 7 * 1 * 64 + 1664 * (28 - 1000) + (28 - 1000))
 
 
 def test_feature_widths_and_names_follow_torchvision():
@@ -218,5 +227,7 @@ def test_from_config():
     cfg.update(dropout=0.2, remat=True)
     net = densenet.from_config(cfg, jnp.float32)
     assert (net.dropout, net.remat) == (0.2, True)
-    with pytest.raises(ValueError, match="densenet169"):
-        densenet.from_config(ml_collections.ConfigDict(dict(name="densenet169")), jnp.float32)
+    net = densenet.from_config(ml_collections.ConfigDict(dict(name="densenet169")), jnp.float32)
+    assert tuple(net.block_config) == (6, 12, 32, 32)
+    with pytest.raises(ValueError, match="densenet201"):
+        densenet.from_config(ml_collections.ConfigDict(dict(name="densenet201")), jnp.float32)

@@ -101,7 +101,7 @@ def test_the_full_run_covers_both_dtypes_both_batches_the_backbones_and_the_pipe
     seed = [f"jax:seed_cnn:{dtype}:{batch}" for batch in (64, 256)
             for dtype in ("bfloat16", "float32")]
     backbones = [f"jax:{name}:bfloat16:64"
-                 for name in ("resnet18", "resnet34", "resnet50", "densenet121")]
+                 for name in ("resnet18", "resnet34", "resnet50", "densenet121", "densenet169")]
     jax = [name for name in names if name.startswith("jax:")]
     assert jax == seed + backbones  # the seed's first, the backbones in bfloat16 at batch 64
     assert names[0] == "store" and f"pipeline:{os.cpu_count()}" in names

@@ -36,6 +36,8 @@ def zero_variables(model, channels: int, side: int = 64) -> dict:
     ("resnet18", resnet.ResNet(stage_sizes=(2, 2, 2, 2), num_classes=1000)),
     ("resnet50", resnet.ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, num_classes=1000)),
     ("densenet121", densenet.DenseNet(num_classes=1000)),
+    ("densenet169", densenet.DenseNet(num_classes=1000,
+                                      **densenet.VARIANTS["densenet169"])),
 ])
 def test_imported_weights_give_torchvisions_logits(name, model):
     """Seeded weights in torchvision's names: our logits equal torchvision's own (rtol 1e-4)."""

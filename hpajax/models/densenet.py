@@ -1,4 +1,4 @@
-"""torchvision's DenseNet-121 in Flax linen, NHWC.
+"""torchvision's DenseNet-121 and DenseNet-169 in Flax linen, NHWC.
 
 The architecture is torchvision's (``torchvision.models.densenet``): a 7×7
 stride-2 stem convolution with padding 3, BatchNorm, ReLU and a 3×3 stride-2
@@ -49,6 +49,7 @@ from hpajax.models.layers import TorchLayers
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "densenet121": dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64),
+    "densenet169": dict(growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64),
 }
 
 # The classifier's kernel starts as torch's nn.Linear default,
