@@ -151,7 +151,8 @@ def _manifest(workdir: epath.Path, members: list[Member], size: int) -> dict:
     """manifest.json without its files' sha256."""
     report_dir = workdir / report.REPORT_DIR
     thresholds = report_dir / "thresholds.json"
-    metrics = report_dir / "metrics.json"
+    metrics = json.loads((report_dir / "metrics.json").read_text()) if (
+        report_dir / "metrics.json").is_file() else {}
     return {
         "format": "hpajax export 1",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -165,8 +166,8 @@ def _manifest(workdir: epath.Path, members: list[Member], size: int) -> dict:
                    "classes": list(classes.CLASS_NAMES),
                    "meaning": "each class's probability, rows in input order"},
         "thresholds": json.loads(thresholds.read_text()) if thresholds.is_file() else None,
-        "test_metrics": (json.loads(metrics.read_text()).get("test")
-                         if metrics.is_file() else None),
+        "test_metrics": metrics.get("test"),
+        "report_step": metrics.get("step"),  # the checkpoint the thresholds were tuned for
         "models": [_model_record(m, share) for m, share in zip(members, _shares(members))],
         "stablehlo": {"platforms": list(PLATFORMS), "jax": jax.__version__,
                       "compatibility": STABLEHLO_WINDOW},

@@ -91,6 +91,9 @@ def test_the_manifest_holds_the_reports_thresholds_the_models_and_each_files_sha
     manifest = exported.read_manifest(folder)
     report_thresholds = json.loads((runs["ensemble"] / "report" / "thresholds.json").read_text())
     assert manifest["thresholds"] == report_thresholds
+    metrics = json.loads((runs["ensemble"] / "report" / "metrics.json").read_text())
+    assert (manifest["report_step"], manifest["test_metrics"]) == (metrics["step"],
+                                                                   metrics["test"])
     assert manifest["input"]["shape"] == ["B", 32, 32, 4]
     assert [(m["weight"], m["input_size"], m["channels"], m["tta"])
             for m in manifest["models"]] == [(0.25, 32, ["red", "green", "blue", "yellow"], 1),
