@@ -8,8 +8,10 @@ NAME is one of ``RECIPES``: ``seed`` (the seed CNN, BCE, thresholds tuned on
 val), one ingredient added to it (``external``: the Kaggle store's train part
 mixed 1:1 per sample with every image of an external store; ``oversample``:
 rare-class oversampling; ``crop``: random crops of the stored image instead
-of the whole image resized; ``focal``; ``focal_lovasz``; ``ema``; ``tta``:
-the seed recipe's runs evaluated with ``--tta=8``), ``all`` of them (focal +
+of the whole image resized; ``focal``; ``focal_lovasz``; ``ema``; ``cosine``:
+a 30-step linear warm-up, then a cosine decay to 0, instead of the plateau
+rule; ``tta``: the seed recipe's runs evaluated with ``--tta=8``), ``all`` of
+them but ``cosine`` (focal +
 Lovász, evaluated with ``--tta=8``; validation during training stays at one
 view per crop, as TTA only changes what is reported), or ``all_bce``: all
 but the loss. Every recipe feeds the model 96 px inputs from a 128 px store,
@@ -20,7 +22,8 @@ import ml_collections
 
 from hpajax.config import base_config
 
-INGREDIENTS = ("external", "oversample", "crop", "focal", "focal_lovasz", "ema", "tta")
+INGREDIENTS = ("external", "oversample", "crop", "focal", "focal_lovasz", "ema", "cosine",
+               "tta")
 RECIPES = ("seed", *INGREDIENTS, "all", "all_bce")
 EVALUATION_TTA = {"tta": 8, "all": 8, "all_bce": 8}  # evaluate --tta of the recipes using it
 KAGGLE = "runs/recipes/data/kaggle/store"  # recipes.py makes both synthetic stores
@@ -38,7 +41,7 @@ def get_config(name: str = "seed") -> ml_collections.ConfigDict:
     c.data.input_size = 96
     c.total_steps = 300
     c.eval_every = c.checkpoint_every = 100
-    every = set(INGREDIENTS) - {"focal"}  # focal_lovasz holds it
+    every = set(INGREDIENTS) - {"focal", "cosine"}  # focal_lovasz holds focal
     add = {"all": every, "all_bce": every - {"focal_lovasz"}}.get(name, {name})
     if "external" in add:
         c.data.sources = (f"{KAGGLE}:train:1", f"{EXTERNAL}:all:1")
@@ -52,4 +55,7 @@ def get_config(name: str = "seed") -> ml_collections.ConfigDict:
         c.loss = "focal+lovasz"
     if "ema" in add:
         c.ema_decay = 0.99  # an average over ~100 of the 300 steps
+    if "cosine" in add:
+        c.optimizer.schedule = "cosine"  # over total_steps, down to 0
+        c.optimizer.lr_warmup_steps = 30  # a tenth of the run
     return c
