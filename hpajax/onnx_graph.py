@@ -4,7 +4,7 @@ Written for hpajax's inference functions (convolutions, BatchNorm in inference
 mode, pooling, dense heads, resizing by matrices, unrolled test-time views,
 sigmoid) because no jax2onnx release that installs beside our pinned stack
 converts them: 0.13.0 refuses antialiased resizes and multi-way switches and
-mis-orders a ResNet's residual additions, and later releases need
+writes ResNet residual additions that mix NCHW and NHWC, and later releases need
 orbax-checkpoint < 0.11.37. A primitive outside ``_CONVERTERS`` is an error
 naming it. The input's leading dimensions may be symbolic (a free batch);
 every other shape is static. bfloat16 values are computed in float32.
