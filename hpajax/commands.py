@@ -12,6 +12,7 @@ Kaggle submission.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pathlib
 
@@ -94,11 +95,16 @@ def predict_command(workdir: str | os.PathLike, input_path: str | os.PathLike,
     if engine == "jax":
         scored, used = _predict_checkpoints(workdir, input_path, out, step, ids_csv, workers,
                                             tta, tta_reduce)
-        chosen = _thresholds(epath.Path(workdir) / report.REPORT_DIR, scored.probs, thresholds)
+        where = epath.Path(workdir) / report.REPORT_DIR / "thresholds.json"
+        saved = json.loads(where.read_text()) if where.is_file() else None
+        missing = f"run `evaluate` first to tune them (no {where})"
     else:
         scored, used, manifest = _predict_exported(workdir, engine, input_path, out, ids_csv,
                                                    workers)
-        chosen = _exported_thresholds(manifest, workdir, scored.probs, thresholds)
+        where = epath.Path(workdir) / exported.EXPORT_DIR / exported.MANIFEST
+        saved = manifest["thresholds"]
+        missing = f"the run had no report when exported ({where} has none)"
+    chosen = _thresholds(where, saved, scored.probs, thresholds, missing)
     buffer = io.BytesIO()
     np.save(buffer, scored.probs)
     write_atomic(out / "probabilities.npy", buffer.getvalue())
@@ -206,24 +212,14 @@ def rows_of_ids(store: Store, ids_csv: str | os.PathLike) -> np.ndarray:
     return np.array([row_of[sample_id] for sample_id in table.ids], np.int64)
 
 
-def _thresholds(report_dir: epath.Path, probs: np.ndarray, how: str) -> np.ndarray:
-    """The ``--thresholds`` set for these probabilities; 0.5 if ``evaluate`` has not run."""
-    if how != "0.5" and not (report_dir / "thresholds.json").is_file():
-        print(f"thresholds: 0.5 for every class; run `evaluate` first to tune them "
-              f"(no {report_dir}/thresholds.json)")
+def _thresholds(where: epath.Path, saved: dict | None, probs: np.ndarray, how: str,
+                missing: str) -> np.ndarray:
+    """The ``--thresholds`` set for these probabilities from ``saved`` (thresholds.json's
+    content, as read from ``where``); 0.5 for every class where none were saved, which
+    ``missing`` explains."""
+    if how != "0.5" and saved is None:
+        print(f"thresholds: 0.5 for every class; {missing}")
         how = "0.5"
     else:
-        print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({report_dir}/thresholds.json)"))
-    return report.prediction_thresholds(report_dir, probs, how)
-
-
-def _exported_thresholds(manifest: dict, workdir: str | os.PathLike, probs: np.ndarray,
-                         how: str) -> np.ndarray:
-    """The ``--thresholds`` set of an exported model: from its manifest, as exported."""
-    where = epath.Path(workdir) / exported.EXPORT_DIR / exported.MANIFEST
-    if how == "0.5" or manifest["thresholds"] is None:
-        print("thresholds: 0.5 for every class" + ("" if how == "0.5" else
-              f" ({where} has none: the run had no report when exported)"))
-        return np.full(classes.NUM_CLASSES, 0.5)
-    print(f"thresholds: {how} ({where})")
-    return report.saved_thresholds(where, manifest["thresholds"], probs, how)
+        print(f"thresholds: {how}" + ("" if how == "0.5" else f" ({where})"))
+    return report.saved_thresholds(where, saved, probs, how)

@@ -269,18 +269,19 @@ def prediction_thresholds(report_dir: str | os.PathLike, probs: np.ndarray,
     another ``how``, or for one that the saved thresholds.json cannot give (a
     file of an earlier hpajax has no "guarded" and no class frequency).
     """
-    if how not in PREDICTION_THRESHOLDS:
-        raise ValueError(f"unknown thresholds {how!r}: choose one of "
-                         + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS))
+    _check_known(how)
+    path = epath.Path(report_dir) / "thresholds.json"
+    saved = None if how == "0.5" else json.loads(path.read_text())
+    return saved_thresholds(path, saved, probs, how)
+
+
+def saved_thresholds(where: str | os.PathLike, saved: dict | None, probs: np.ndarray,
+                     how: str) -> np.ndarray:
+    """``prediction_thresholds``' set ``how`` from ``saved``, thresholds.json's content as
+    read from ``where`` (a report's file, or an export's manifest; "0.5" needs none)."""
+    _check_known(how)
     if how == "0.5":
         return np.full(classes.NUM_CLASSES, 0.5)
-    return saved_thresholds(*_read_thresholds(report_dir), probs, how)
-
-
-def saved_thresholds(where: str | os.PathLike, saved: dict, probs: np.ndarray,
-                     how: str) -> np.ndarray:
-    """``prediction_thresholds``' set ``how`` (not "0.5") from ``saved``, thresholds.json's
-    content as read from ``where`` (a report's file, or an export's manifest)."""
     if how != "rate":
         return _fixed_set(where, saved, how)
     if "class_frequency" not in saved:
@@ -289,6 +290,12 @@ def saved_thresholds(where: str | os.PathLike, saved: dict, probs: np.ndarray,
                          "evaluate` again, or choose another of "
                          + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS if h != "rate"))
     return evaluate.rate_thresholds(probs, saved["class_frequency"])
+
+
+def _check_known(how: str) -> None:
+    if how not in PREDICTION_THRESHOLDS:
+        raise ValueError(f"unknown thresholds {how!r}: choose one of "
+                         + ", ".join(repr(h) for h in PREDICTION_THRESHOLDS))
 
 
 def load_thresholds(report_dir: str | os.PathLike, name: str | None = None) -> np.ndarray:
