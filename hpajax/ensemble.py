@@ -20,7 +20,6 @@ report from those files, without JAX.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -30,7 +29,7 @@ from etils import epath
 from hpajax import averaging, inference, predictions, report
 from hpajax import workdir as workdir_lib
 from hpajax.data.run_data import open_run_data
-from hpajax.files import is_remote, make_folder, write_json
+from hpajax.files import is_remote, make_folder, sha256, write_json
 from hpajax.predictions import Predictions
 
 
@@ -111,7 +110,7 @@ def ensemble_command(members_spec: str, workdir: str | os.PathLike, *,
         "kind": kinds.pop(), "names": list(scored[0].names),
         "data": {"store": scored[0].store},
         "members": [{"workdir": str(m.workdir), "weight": float(w), "steps": s.steps,
-                     "parts_sha256": {k: _sha256(v) for k, v in s.parts.items()}}
+                     "parts_sha256": {k: _ids_sha256(v) for k, v in s.parts.items()}}
                     for m, w, s in zip(members, weights, scored)]})
     return report.rebuild_ensemble(out, draw_figures=draw_figures,
                                    min_val_positives=min_val_positives)
@@ -175,8 +174,8 @@ def _save_member(folder: epath.Path, scored: Scored) -> None:
                          data_fingerprint=source, class_frequency=scored.class_frequency)
 
 
-def _sha256(ids: frozenset[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+def _ids_sha256(ids: frozenset[str]) -> str:
+    return sha256("\n".join(sorted(ids)).encode())
 
 
 def models(workdir: str | os.PathLike, step: int | None = None

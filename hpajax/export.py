@@ -33,7 +33,7 @@ from etils import epath
 from hpajax import classes, ensemble, exported, inference, model_card, report
 from hpajax import steps as steps_lib
 from hpajax.commands import stored_size
-from hpajax.files import make_folder, write_atomic, write_json
+from hpajax.files import make_folder, sha256, write_atomic, write_json
 
 FORMATS = tuple(exported.FILES)  # every format, the default
 PLATFORMS = ("cpu", "cuda")  # what model.jax_export is lowered for
@@ -86,7 +86,7 @@ def export_command(workdir: str | os.PathLike, *, step: int | None = None,
     files = serialize(members, size, formats)
     manifest = _manifest(workdir, members, size)
     files[exported.MODEL_CARD] = model_card.text(workdir, manifest).encode()
-    manifest["files"] = {name: exported.sha256(data) for name, data in files.items()}
+    manifest["files"] = {name: sha256(data) for name, data in files.items()}
     make_folder(out)
     for name, data in files.items():
         write_atomic(out / name, data)

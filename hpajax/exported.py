@@ -9,7 +9,6 @@ probabilities [B, 28], which needs only ``jax`` or ``onnxruntime``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -17,15 +16,13 @@ from collections.abc import Callable
 import numpy as np
 from etils import epath
 
+from hpajax.files import sha256
+
 EXPORT_DIR = "export"  # a workdir's export folder
 MANIFEST = "manifest.json"
 MODEL_CARD = "MODEL_CARD.md"
 FILES = {"stablehlo": "model.jax_export", "onnx": "model.onnx"}  # format -> file
 ENGINES = ("jax", *FILES)  # predict --engine: the checkpoint itself, or an exported file
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:

@@ -8,6 +8,7 @@ would silently turn ``s3://bucket/x`` into a local folder ``s3:/bucket/x``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -139,3 +140,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented JSON, atomically."""
     write_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 of ``data``: the fingerprints of stores, splits and exported files."""
+    return hashlib.sha256(data).hexdigest()

@@ -7,6 +7,7 @@ same values as predict's in another order (the views unrolled, the resize
 as matrix products), observed within 1e-6.
 """
 
+import hashlib
 import json
 import pathlib
 import shutil
@@ -100,7 +101,7 @@ def test_the_manifest_holds_the_reports_thresholds_the_models_and_each_files_sha
                                              (0.75, 24, ["red", "green", "yellow"], 4)]
     assert sorted(manifest["files"]) == ["MODEL_CARD.md", "model.jax_export", "model.onnx"]
     for name, digest in manifest["files"].items():
-        assert exported.sha256((folder / name).read_bytes()) == digest
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
     card = (folder / "MODEL_CARD.md").read_text()
     assert "The weighted mean of 2 models' probabilities" in card
     assert "| 0 | Nucleoplasm |" in card and "## Known limits" in card

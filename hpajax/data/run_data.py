@@ -20,7 +20,6 @@ apply; other stores' sources stay as given.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import ml_collections
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from hpajax.data.dedupe import read_exclusions
 from hpajax.data.sources import Source, oversample_weights
 from hpajax.data.store import Store, StoreError, open_store
+from hpajax.files import sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +67,15 @@ class RunData:
         with config.data.sources or oversampling, also every source and its weights."""
         rows = np.concatenate([s.rows for s in self.sources]).astype(np.int64)
         out = {"store": self.location, "samples": len(self.store.ids),
-               "ids_sha256": _sha256("\n".join(self.store.ids).encode()),
-               "train_split_sha256": _sha256(rows.tobytes())}
+               "ids_sha256": sha256("\n".join(self.store.ids).encode()),
+               "train_split_sha256": sha256(rows.tobytes())}
         if self.mixed or self.oversample:
             out["sources"] = [{"store": str(s.store.path), "samples": len(s.store.ids),
-                               "ids_sha256": _sha256("\n".join(s.store.ids).encode()),
-                               "rows_sha256": _sha256(s.rows.astype(np.int64).tobytes()),
+                               "ids_sha256": sha256("\n".join(s.store.ids).encode()),
+                               "rows_sha256": sha256(s.rows.astype(np.int64).tobytes()),
                                "weight": s.weight} for s in self.sources]
             out["oversample"] = self.oversample
         return out
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def open_run_data(cfg: ml_collections.ConfigDict) -> RunData:
