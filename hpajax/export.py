@@ -58,10 +58,8 @@ class Member:
             images = jnp.concatenate([jax.lax.slice_in_dim(images, c, c + 1, axis=3)
                                       for c in channels], axis=3)
         _, probs = steps_lib.infer(
-            variables, images, model=self.run.steps.model, size=self.run.steps.image_shape[0],
-            norm=steps_lib.input_normalization(config), tta=config.tta,
-            tta_reduce=config.tta_reduce, crop=bool(config.augment.get("crop", False)),
-            portable=True)
+            variables, images, model=self.run.steps.model, portable=True,
+            **steps_lib.infer_options(config, self.run.steps.image_shape))
         return probs.astype(jnp.float32)
 
     @property

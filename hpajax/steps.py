@@ -350,6 +350,15 @@ def infer(variables: dict, images: jax.Array, *, model, size: int, norm: Normali
     return jnp.log(clipped) - jnp.log1p(-clipped), probs
 
 
+def infer_options(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+                  ) -> dict:
+    """``infer``'s keyword arguments for a run of ``config`` at the model input
+    ``image_shape``, but the model: what evaluation and export (``hpajax.export``) pass."""
+    return dict(size=image_shape[0], norm=input_normalization(config),
+                tta=config.get("tta", 1), tta_reduce=config.get("tta_reduce", "mean"),
+                crop=bool(config.augment.get("crop", False)))
+
+
 def eval_step(state: TrainState, batch: dict, *, model, loss_fn, size: int,
               norm: Normalization = None, tta: int = 1, tta_reduce: str = "mean",
               crop: bool = False) -> dict:
@@ -460,15 +469,12 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[
                                       ema_decay=ema_decay(config)),
                     in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                     donate_argnums=(0, 2))
-    crop = bool(config.augment.get("crop", False))
-    evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, size=size,
-                                         norm=norm, tta=config.get("tta", 1),
-                                         tta_reduce=config.get("tta_reduce", "mean"),
-                                         crop=crop),
+    options = infer_options(config, image_shape)
+    evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, **options),
                        in_shardings=(rep, data),
                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
     moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
-                                        size=size, norm=norm, crop=crop),
+                                        size=size, norm=norm, crop=options["crop"]),
                       in_shardings=(rep, data), out_shardings=rep)
     # One jitted program, compiled at LLVM's optimization level 1 unless XLA_FLAGS names
     # one: the random initializers' code takes XLA:CPU seconds per layer to optimize
