@@ -172,6 +172,11 @@ def run_records(workdir) -> list[dict]:
             for line in lines]
 
 
+def records(workdir, split: str) -> list[dict]:
+    """``run_records``' lines of one split: "train", "val" or "checkpoint"."""
+    return [r for r in run_records(workdir) if r["split"] == split]
+
+
 def write_csv(path: pathlib.Path, rows) -> pathlib.Path:
     """Writes an Id,Target file from (id, target-string) rows."""
     path.write_text("Id,Target\n" + "".join(f"{i},{t}\n" for i, t in rows))

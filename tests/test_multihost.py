@@ -7,7 +7,6 @@ has a timeout, so a hang (e.g. a process waiting at a collective for
 a peer that died) fails the test instead of blocking CI.
 """
 
-import json
 import os
 import pathlib
 import shutil
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import PYTHON, REPO, RESAMPLING_OFF, SUITE_XLA_FLAGS, synthetic_store
+from conftest import PYTHON, REPO, RESAMPLING_OFF, SUITE_XLA_FLAGS, records, synthetic_store
 
 from hpajax import distributed
 
@@ -100,11 +99,6 @@ def train_two_processes(store, workdir, *flags) -> list[str]:
                 p.wait()
     assert codes == [0, 0], "\n\n".join(err.read_text()[-3000:] for _, err in logs)
     return [out.read_text() for out, _ in logs]
-
-
-def records(workdir, split_name) -> list[dict]:
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split_name]
 
 
 def saved_state(workdir, step: int) -> dict:

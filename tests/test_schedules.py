@@ -1,13 +1,12 @@
 """Learning-rate schedules (config.optimizer.schedule): their values, the logged rate, and
 an exact resume inside the warm-up and inside the decay."""
 
-import json
 import math
 import pathlib
 
 import numpy as np
 import pytest
-from conftest import synthetic_store, tiny_config
+from conftest import records, synthetic_store, tiny_config
 
 from hpajax import config as config_lib, train
 from hpajax import steps as steps_lib
@@ -59,11 +58,6 @@ def test_plateau_is_a_constant_rate_and_bad_fields_are_named():
                              "one factor per boundary")):
         with pytest.raises(ValueError, match=message):
             steps_lib.learning_rate(optimizer(**fields), total_steps=10)
-
-
-def records(workdir: pathlib.Path, split: str) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, RESAMPLING_OFF, synthetic_store, tiny_config
+from conftest import PYTHON, REPO, RESAMPLING_OFF, records, synthetic_store, tiny_config
 
 from hpajax import inference, train
 from hpajax import steps as steps_lib
@@ -27,11 +27,6 @@ def store(tmp_path_factory) -> pathlib.Path:
 
 
 tiny = tiny_config
-
-
-def records(workdir, split_name):
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split_name]
 
 
 def test_loss_goes_down_and_logs_are_written(store, tmp_path):
