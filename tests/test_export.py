@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import onnxruntime
 import pytest
-from conftest import PYTHON, REPO, predict_outside, synthetic_store, tiny_config
+from conftest import PYTHON, REPO, predict_outside, records, synthetic_store, tiny_config
 
 from hpajax import commands, ensemble, export, exported, inference, report, train
 from hpajax import steps as steps_lib
@@ -158,8 +158,7 @@ def test_a_step_saved_without_evaluation_is_recalibrated_as_predict_does(runs, t
     training store at export, as at predict."""
     work = tmp_path / "run"
     train.train_and_evaluate(tiny_config(runs["store"], eval_every=6), str(work))
-    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "val"] == [6]
+    assert [r["step"] for r in records(work, "val")] == [6]
     export.export_command(work, step=3, formats=["onnx"], output_dir=tmp_path / "e")
     manifest = exported.read_manifest(tmp_path / "e")
     assert manifest["thresholds"] is None and manifest["models"][0]["step"] == 3
