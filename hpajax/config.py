@@ -90,9 +90,17 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# torchvision's ImageNet backbones (hpajax/models/resnet.py, densenet.py).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet121", "densenet169")
+# The one list of the ImageNet backbones hpajax builds: config.model.name -> (the module
+# of hpajax/models that builds it, the input normalization its reference weights expect).
+BACKBONES = {
+    "resnet18": ("resnet", "imagenet"),
+    "resnet34": ("resnet", "imagenet"),
+    "resnet50": ("resnet", "imagenet"),
+    "densenet121": ("densenet", "imagenet"),
+    "densenet169": ("densenet", "imagenet"),
+}
 MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
+NORMALIZATIONS = ("unit", "imagenet", "inception")  # the values of config.model.normalize
 # The seed CNN's first two blocks at a quarter of its width: tiny.py's model, and the
 # toy model of the experiments' smoke runs, which check code paths, not scores.
 TINY_SEED_CNN = {"filters": (8, 16), "head": (32, 16)}
@@ -111,7 +119,9 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         c.dropout = 0.0  # dropout rate before the 28-logit layer
         c.remat = False  # recompute each block in the backward pass: less memory at 512 px
         c.init_from = ""  # a torchvision/timm .safetensors file to start from ("": scratch)
-        c.normalize = ""  # inputs: "unit" (÷255) or "imagenet"; "": imagenet with init_from
+        # inputs: "unit" (÷255), "imagenet" (torchvision's mean/std) or "inception" (mean =
+        # std = 0.5); "": with init_from, the weights' (BACKBONES), else "unit"
+        c.normalize = ""
         c.yellow_init = "mean_red_green"  # yellow stem filters from RGB: or "mean_rgb", "zeros"
     else:
         raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "

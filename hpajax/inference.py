@@ -47,11 +47,12 @@ def recalibrate_batch_stats(steps: steps_lib.Steps, state: steps_lib.TrainState,
     Means and variances are those of the union of the first
     ``config.bn_recalibration_batches`` batches of a fixed-seed shuffle of
     the training data, un-augmented like evaluation inputs, each layer
-    seeing the previous layers normalized as in training.
+    seeing the previous layers normalized as in training. A model without
+    BatchNorm is returned as it is.
     """
     config = steps.config
     n = config.bn_recalibration_batches
-    if n <= 0:
+    if n <= 0 or not jax.tree.leaves(state.batch_stats):
         return state
     batches = iter(train_batches(config, data, seed=config.seed + 1))  # in-process: a few
     total = None

@@ -24,6 +24,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpajax import augment, losses, models, xla_defaults
+from hpajax import config as config_lib
 from hpajax import tta as tta_lib
 from hpajax.models.layers import HEAD_NAMES
 
@@ -203,30 +204,36 @@ def resize_matrix(length: int, size: int) -> np.ndarray:
         return np.asarray(jax.image.resize(eye, (size, length), "linear", antialias=True))
 
 
-# torchvision's ImageNet channel statistics (red, green, blue) and yellow's as
-# the mean of red's and green's, as the stem's yellow filters (models/weights.py).
-IMAGENET_MEAN = (0.485, 0.456, 0.406, 0.4705)
-IMAGENET_STD = (0.229, 0.224, 0.225, 0.2265)
+# The input statistics of config.model.normalize: per channel (red, green, blue, yellow),
+# yellow's the mean of red's and green's as the stem's yellow filters (models/weights.py).
+# "imagenet": torchvision's ImageNet statistics; "inception": [0, 1] to [-1, 1], as
+# Inception-v3's transform_input, Xception's and timm's ViTs' weights expect.
+STATISTICS = {"imagenet": ((0.485, 0.456, 0.406, 0.4705), (0.229, 0.224, 0.225, 0.2265)),
+              "inception": ((0.5,) * 4, (0.5,) * 4)}
 Normalization = tuple[np.ndarray, np.ndarray] | None  # per-channel (mean, std), or none
 
 
 def normalization_name(config: ml_collections.ConfigDict) -> str:
-    """``config.model.normalize``: "unit" (the seed's ÷255 only) or "imagenet"; unset, it
-    is "imagenet" for a run that starts from ImageNet weights (``model.init_from``)."""
-    name = config.model.get("normalize", "") or (
-        "imagenet" if config.model.get("init_from") else "unit")
-    if name not in ("unit", "imagenet"):
-        raise ValueError(f"config.model.normalize={name!r}: choose 'unit' or 'imagenet'")
+    """``config.model.normalize`` (``config.NORMALIZATIONS``); unset, it is the one the
+    backbone's reference weights expect for a run that starts from them
+    (``model.init_from``), else "unit" (the seed's ÷255 only)."""
+    name = config.model.get("normalize", "")
+    if not name:
+        start = config.model.get("init_from") and config.model.name in config_lib.BACKBONES
+        name = config_lib.BACKBONES[config.model.name][1] if start else "unit"
+    if name not in config_lib.NORMALIZATIONS:
+        raise ValueError(f"config.model.normalize={name!r}: choose one of "
+                         f"{', '.join(config_lib.NORMALIZATIONS)}")
     return name
 
 
 def input_normalization(config: ml_collections.ConfigDict) -> Normalization:
     """The per-channel (mean, std) the inputs in [0, 1] are normalized with, or None."""
-    if normalization_name(config) == "unit":
+    name = normalization_name(config)
+    if name == "unit":
         return None
     channels = list(config.data.channels)
-    return (np.asarray(IMAGENET_MEAN, np.float32)[channels],
-            np.asarray(IMAGENET_STD, np.float32)[channels])
+    return tuple(np.asarray(values, np.float32)[channels] for values in STATISTICS[name])
 
 
 def normalized(images: jax.Array, norm: Normalization) -> jax.Array:
@@ -263,7 +270,7 @@ def train_step(state: TrainState, batch: dict, sums: dict, *, model, tx, loss_fn
         logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       images, train=True, mutable=["batch_stats"],
                                       rngs={"dropout": jax.random.fold_in(key, 1)})
-        return loss_fn(logits, labels).mean(), updated["batch_stats"]
+        return loss_fn(logits, labels).mean(), updated.get("batch_stats", {})
 
     (loss, batch_stats), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -375,17 +382,17 @@ def moments_step(state: TrainState, batch: dict, *, model, size: int,
                  norm: Normalization = None, crop: bool = False) -> dict:
     """Each BatchNorm's batch mean and mean of squares, in training mode.
 
-    With ``crop``, of the grid of crops that evaluation sees. A head's
-    dropout, after every BatchNorm, draws from a fixed key: it does not
-    change the moments.
+    With ``crop``, of the grid of crops that evaluation sees. No ``"dropout"``
+    rng: dropout and stochastic depth are off (``models.layers.drawing``). A
+    model without BatchNorm gives an empty dict.
     """
     images = batch["image"]
     if crop:
         images = tta_lib.views(images, 1, size).reshape(-1, size, size, images.shape[-1])
     _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              model_input(images, size, norm), train=True,
-                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-    flat = traverse_util.flatten_dict(updated["batch_stats"])
+                             mutable=["batch_stats"])
+    flat = traverse_util.flatten_dict(updated.get("batch_stats", {}))
     return {k: v + flat[k[:-1] + ("mean",)] ** 2 if k[-1] == "var" else v
             for k, v in flat.items()}
 
@@ -507,11 +514,10 @@ def _fresh_state(seed: jax.Array, *, model, tx, plateau, image_shape: tuple[int,
     init_key, aug_key = jax.random.split(jax.random.PRNGKey(seed))
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = model.init(init_key, dummy, train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables["batch_stats"], opt_state=tx.init(params),
-                      plateau=plateau.init(params), rng=aug_key,
-                      ema=dict(variables) if ema else None)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), plateau=plateau.init(params), rng=aug_key,
+                      ema={"params": params, "batch_stats": batch_stats} if ema else None)
 
 
 def zero_sums(steps: Steps) -> dict:

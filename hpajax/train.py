@@ -124,6 +124,7 @@ def imported_weights(config: ml_collections.ConfigDict, tensors: dict[str, np.nd
     variables = {"params": jax.device_get(state.params),
                  "batch_stats": jax.device_get(state.batch_stats)}
     return weights.import_state(tensors, variables, config.data.channels,
+                                models.import_rules(config.model.name),
                                 source=f"config.model.init_from={path}",
                                 yellow_init=config.model.yellow_init)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
+from hpajax import models
 from hpajax.models import densenet, resnet, weights
 
 REFERENCE = DATA / "torchvision_reference.npz"
@@ -32,6 +33,32 @@ def zero_variables(model, channels: int, side: int = 64) -> dict:
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
+def assert_reference_logits(name: str, model, rules: weights.ImportRules,
+                            reference: str = "") -> weights.Imported:
+    """Seeded weights in the names of the reference of ``name`` (``reference``, by
+    default ``name``; a 1,000-class ``model``): our logits equal the reference's own,
+    recorded by experiments/torchvision_reference.py (relative 1e-4)."""
+    reference = reference or name
+    state = seeded_state_dict(torchvision_names_shapes(reference), seed=0)
+    with np.load(REFERENCE) as ref:
+        shape = tuple(ref[f"{reference}_input_shape"] if f"{reference}_input_shape" in ref
+                      else ref["input_shape"])
+        x = np.random.default_rng(int(ref["input_seed"])).random(shape, dtype=np.float32)
+        expected = ref[f"{reference}_logits"]
+    variables = zero_variables(model, 3, shape[-1])
+    imported = weights.import_state(state, variables, (0, 1, 2), rules, new_head=False)
+    logits = jax.jit(functools.partial(model.apply, train=False))(
+        {"params": imported.params, "batch_stats": imported.batch_stats}, x.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    return imported
+
+
+def reference_param_count(name: str) -> int:
+    """torch's count of the parameters of the reference of ``name``, as recorded."""
+    with np.load(REFERENCE) as ref:
+        return int(ref[f"{name}_num_params"])
+
+
 @pytest.mark.parametrize("name, model", [
     ("resnet18", resnet.ResNet(stage_sizes=(2, 2, 2, 2), num_classes=1000)),
     ("resnet50", resnet.ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, num_classes=1000)),
@@ -41,17 +68,12 @@ def zero_variables(model, channels: int, side: int = 64) -> dict:
 ])
 def test_imported_weights_give_torchvisions_logits(name, model):
     """Seeded weights in torchvision's names: our logits equal torchvision's own (rtol 1e-4)."""
-    state = seeded_state_dict(torchvision_names_shapes(name), seed=0)
-    variables = zero_variables(model, 3)
-    imported = weights.import_state(state, variables, channels=(0, 1, 2), new_head=False)
+    rules = models.import_rules(name)
+    imported = assert_reference_logits(name, model, rules)
     assert not [key for key, _ in imported.skipped if not key.endswith("num_batches_tracked")]
-    with np.load(REFERENCE) as ref:
-        x = np.random.default_rng(int(ref["input_seed"])).random(
-            tuple(ref["input_shape"]), dtype=np.float32)
-        expected = ref[f"{name}_logits"]
-    logits = jax.jit(functools.partial(model.apply, train=False))(
-        {"params": imported.params, "batch_stats": imported.batch_stats}, x.transpose(0, 2, 3, 1))
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+RESNET = resnet.IMPORT_RULES
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +85,7 @@ def test_a_four_channel_stem_gets_yellow_as_the_mean_of_red_and_green(resnet18_f
     model = resnet.ResNet(stage_sizes=(2, 2, 2, 2))  # 28 classes
     for channels in ((0, 1, 2, 3), (1, 3)):
         variables = zero_variables(model, len(channels))
-        imported = weights.import_state(resnet18_file_state, variables, channels)
+        imported = weights.import_state(resnet18_file_state, variables, channels, RESNET)
         rgb = resnet18_file_state["conv1.weight"].transpose(2, 3, 1, 0)  # [7, 7, 3, 64]
         rgby = np.concatenate([rgb, (rgb[:, :, :1] + rgb[:, :, 1:2]) / 2], axis=2)
         np.testing.assert_allclose(imported.params["conv1"]["kernel"], rgby[:, :, channels],
@@ -81,13 +103,14 @@ def test_a_four_channel_stem_gets_yellow_as_the_mean_of_red_and_green(resnet18_f
 def test_the_yellow_rule_is_configurable(resnet18_file_state, rule, yellow):
     model = resnet.ResNet(stage_sizes=(2, 2, 2, 2))
     variables = zero_variables(model, 4)
-    imported = weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3),
+    imported = weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3), RESNET,
                                     yellow_init=rule)
     rgb = resnet18_file_state["conv1.weight"].transpose(2, 3, 1, 0)
     np.testing.assert_allclose(imported.params["conv1"]["kernel"],
                                np.concatenate([rgb, yellow(rgb)], axis=2), rtol=1e-6)
     with pytest.raises(ValueError, match="config.model.yellow_init='blue'"):
-        weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3), yellow_init="blue")
+        weights.import_state(resnet18_file_state, variables, (0, 1, 2, 3), RESNET,
+                             yellow_init="blue")
 
 
 def test_a_file_that_does_not_fit_is_refused_naming_the_tensor(resnet18_file_state):
@@ -95,19 +118,19 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_tensor(resnet18_file_sta
     variables = zero_variables(model, 4)
     stray = {**resnet18_file_state, "layer9.0.conv1.weight": np.zeros((1, 1, 1, 1), np.float32)}
     with pytest.raises(ValueError, match="tensor 'layer9.0.conv1.weight' fits no variable"):
-        weights.import_state(stray, variables, (0, 1, 2, 3))
+        weights.import_state(stray, variables, (0, 1, 2, 3), RESNET)
     wrong = {**resnet18_file_state, "layer2.0.conv1.weight": np.zeros((128, 64, 1, 1))}
     with pytest.raises(ValueError, match=r"tensor 'layer2.0.conv1.weight' has shape \[1, 1, 64, "
                                          r"128\] in Flax layout, the backbone's is \[3, 3, 64"):
-        weights.import_state(wrong, variables, (0, 1, 2, 3))
+        weights.import_state(wrong, variables, (0, 1, 2, 3), RESNET)
     short = {k: v for k, v in resnet18_file_state.items() if not k.startswith("layer4.1.")}
     with pytest.raises(ValueError, match="no tensor for batch_stats/layer4_1/bn1/mean|"
                                          "no tensor for params/layer4_1/bn1/bias"):
-        weights.import_state(short, variables, (0, 1, 2, 3))
+        weights.import_state(short, variables, (0, 1, 2, 3), RESNET)
     resnet50 = resnet.ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True)
     with pytest.raises(ValueError, match="has shape|fits no variable"):
         weights.import_state(resnet18_file_state,
-                             zero_variables(resnet50, 4), (0, 1, 2, 3))
+                             zero_variables(resnet50, 4), (0, 1, 2, 3), RESNET)
 
 
 def test_torchvisions_older_densenet_names_are_read():
@@ -117,7 +140,8 @@ def test_torchvisions_older_densenet_names_are_read():
     assert older.keys() != state.keys()
     model = densenet.DenseNet()
     variables = zero_variables(model, 4)
-    new, old = (weights.import_state(s, variables, (0, 1, 2, 3)) for s in (state, older))
+    new, old = (weights.import_state(s, variables, (0, 1, 2, 3), densenet.IMPORT_RULES)
+                for s in (state, older))
     assert jax.tree.all(jax.tree.map(np.array_equal, new.params, old.params))
     assert len(new.loaded) == len(old.loaded) > 300
 

@@ -1,8 +1,11 @@
 """The models hpajax trains, by name: ``models.create(config.model)``.
 
 Every model maps float images ``[B, H, W, C]`` to float32 logits
-``[B, 28]``, takes ``train`` (batch statistics and their update, or the
-running ones) and keeps its BatchNorm statistics in ``batch_stats``.
+``[B, 28]`` and takes ``train`` (batch statistics and their update, or the
+running ones; dropout and stochastic depth, see ``layers.drawing``). A model
+with BatchNorm keeps its statistics in ``batch_stats``; one without has no
+such collection. The names are ``config.MODELS``; ``config.BACKBONES`` says
+which module of this package builds each backbone.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hpajax.models import densenet, resnet, seed_cnn
+from hpajax import config as config_lib
+from hpajax.models import densenet, resnet, seed_cnn, weights
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_BUILDERS = {"seed_cnn": seed_cnn.from_config,
-             **dict.fromkeys(resnet.VARIANTS, resnet.from_config),
-             **dict.fromkeys(densenet.VARIANTS, densenet.from_config)}
+# config.BACKBONES' module names -> the modules: each has VARIANTS (a backbone's name ->
+# its architecture), from_config(cfg, dtype) and IMPORT_RULES (its reference's keys).
+_MODULES = {"resnet": resnet, "densenet": densenet}
 DEFAULT = "seed_cnn"  # the model of a config.json written before config.model.name
 
 
@@ -32,11 +36,23 @@ def create(cfg: ml_collections.ConfigDict) -> nn.Module:
     parameters and BatchNorm statistics stay float32 either way.
     """
     name = cfg.get("name", DEFAULT)
-    if name not in _BUILDERS:
-        raise ValueError(f"config.model.name={name!r}: choose one of {sorted(_BUILDERS)}")
+    if name not in config_lib.MODELS:
+        raise ValueError(f"config.model.name={name!r}: choose one of {sorted(config_lib.MODELS)}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={cfg.dtype!r}: choose one of {sorted(DTYPES)}")
-    return _BUILDERS[name](cfg, DTYPES[cfg.dtype])
+    if name == DEFAULT:
+        return seed_cnn.from_config(cfg, DTYPES[cfg.dtype])
+    return module(name).from_config(cfg, DTYPES[cfg.dtype])
+
+
+def module(name: str) -> Any:
+    """The module of this package that builds the backbone ``name`` (``config.BACKBONES``)."""
+    return _MODULES[config_lib.BACKBONES[name][0]]
+
+
+def import_rules(name: str) -> weights.ImportRules:
+    """How the backbone ``name``'s reference state-dict keys map onto its variables."""
+    return module(name).IMPORT_RULES
 
 
 def param_counts(params: Mapping[str, Any]) -> dict[str, int]:

@@ -46,11 +46,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from hpajax.models.layers import TorchLayers
+from hpajax.models.weights import ImportRules
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "densenet121": dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64),
     "densenet169": dict(growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64),
 }
+# torchvision's keys without their leading "features."; its older names norm.1, conv.1,
+# norm.2, conv.2 are norm1, conv1, norm2, conv2.
+IMPORT_RULES = ImportRules(renames=((r"^features\.", ""),
+                                    (r"\b(norm|conv)\.([12])\b", r"\1\2")))
 
 # The classifier's kernel starts as torch's nn.Linear default,
 # kaiming_uniform_(a=sqrt(5)), i.e. U(±1/sqrt(fan_in)).

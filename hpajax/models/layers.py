@@ -1,4 +1,5 @@
-"""Layers the models share: a fast exact 2x2 max-pool and BatchNorm fused with ReLU.
+"""Layers the models share: a fast exact 2x2 max-pool, BatchNorm fused with ReLU,
+stochastic depth, and the torchvision backbones' parts.
 
 ``BatchNormReLU`` has ``nn.BatchNorm``'s variables, statistics and values
 followed by a ReLU, with a hand-written gradient; ``max_pool_2x2`` has
@@ -130,9 +131,29 @@ class BatchNormReLU(nn.Module):
         return batch_norm_relu(x, scale, bias, self.epsilon)
 
 
-# The names torchvision gives the backbones' final dense layer: their heads are
+# The names torchvision and timm give the backbones' final dense layer: their heads are
 # new (28 logits), skipped on import and warmed up alone (steps.make_optimizer).
-HEAD_NAMES = ("fc", "classifier")
+HEAD_NAMES = ("fc", "classifier", "head")
+
+
+def drawing(module: nn.Module, train: bool) -> bool:
+    """Whether ``module``'s dropout and stochastic depth draw: in a training step only,
+    which passes a ``"dropout"`` rng. BatchNorm recalibration runs ``train=True``
+    without one, so that its statistics are those of the whole network, as served."""
+    return train and module.has_rng("dropout")
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """Stochastic depth (torchvision's ``StochasticDepth(mode="row")``, timm's
+    ``DropPath``): each sample's ``x`` is zeroed with probability ``rate``, else
+    scaled by ``1 / (1 - rate)``; ``x`` itself unless ``drawing``. Call it inside
+    ``module``'s ``__call__``: it draws from ``module``'s ``"dropout"`` rng."""
+    if rate == 0.0 or not drawing(module, train):
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
 class TorchLayers(nn.Module):
@@ -192,7 +213,7 @@ class TorchLayers(nn.Module):
              kernel_init: Any = nn.linear.default_kernel_init) -> jax.Array:
         """Global average pooling (in float32), dropout, one dense layer: float32 logits."""
         x = x.mean(axis=(1, 2), dtype=jnp.float32).astype(self.dtype)
-        x = nn.Dropout(dropout, deterministic=not train)(x)
+        x = nn.Dropout(dropout, deterministic=not drawing(self, train))(x)
         x = nn.Dense(num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                      kernel_init=kernel_init, name=name)(x)
         return x.astype(jnp.float32)

@@ -45,6 +45,7 @@ import jax
 import ml_collections
 
 from hpajax.models.layers import TorchLayers
+from hpajax.models.weights import ImportRules
 
 # name -> (blocks per stage, bottleneck blocks)
 VARIANTS: dict[str, tuple[tuple[int, ...], bool]] = {
@@ -52,6 +53,10 @@ VARIANTS: dict[str, tuple[tuple[int, ...], bool]] = {
     "resnet34": ((3, 4, 6, 3), False),
     "resnet50": ((3, 4, 6, 3), True),
 }
+# torchvision's keys: layerI.J is layerI_J; downsample.0/.1 are downsample_conv/_bn.
+IMPORT_RULES = ImportRules(renames=((r"\blayer(\d+)\.(\d+)\b", r"layer\1_\2"),
+                                    (r"\bdownsample\.0\b", "downsample_conv"),
+                                    (r"\bdownsample\.1\b", "downsample_bn")))
 STAGE_WIDTHS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4  # a bottleneck block's output is 4x its width
 

@@ -1,16 +1,18 @@
 """Pretrained weights from a torchvision- or timm-named safetensors file into a backbone.
 
-The backbones' layer names follow torchvision's state-dict keys (see
-``resnet.py`` and ``densenet.py``), so a key maps onto a variable by rule:
-drop a leading ``features.``; ``layerI.J`` is ``layerI_J``;
-``downsample.0``/``.1`` are ``downsample_conv``/``downsample_bn``; the older
-torchvision DenseNet names ``norm.1``, ``conv.1``, ``norm.2``, ``conv.2``
-are ``norm1``, ``conv1``, ``norm2``, ``conv2``; every other dot is one level
-of nesting. A conv ``weight`` [O, I, kh, kw] becomes ``kernel`` [kh, kw, I, O],
-a linear ``weight`` [out, in] ``kernel`` [in, out], BatchNorm ``weight`` and
-``bias`` ``scale`` and ``bias``, ``running_mean`` and ``running_var`` the
-``batch_stats`` ``mean`` and ``var``; ``num_batches_tracked`` has no
-counterpart. The classifier is new (28 logits): the file's is skipped.
+The backbones' layer names follow their reference's state-dict keys, so a
+key maps onto a variable by rule: first the backbone's own renames
+(``ImportRules``, in its module: ``layerI.J`` is ResNet's ``layerI_J``),
+then every dot is one level of nesting. A conv ``weight`` [O, I, kh, kw]
+becomes ``kernel`` [kh, kw, I, O], a linear ``weight`` [out, in] ``kernel``
+[in, out], a BatchNorm's or LayerNorm's ``weight`` and ``bias`` ``scale`` and
+``bias``, ``running_mean`` and ``running_var`` the ``batch_stats`` ``mean``
+and ``var``; any other tensor (``cls_token``, ``pos_embed``,
+``layer_scale``) the parameter of its name, shaped by the backbone's rule
+where the shapes differ (a ViT's position grid is resized);
+``num_batches_tracked`` has no counterpart. The classifier is new (28
+logits): the file's is skipped, as is what the backbone lacks by design
+(Inception-v3's auxiliary head).
 
 Input channels: an RGB stem grows to red, green, blue, yellow, then keeps
 the configured channels. Yellow's filters follow ``config.model.yellow_init``
@@ -23,20 +25,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from flax import traverse_util
 
 from hpajax.models.layers import HEAD_NAMES
 
-_RENAMES = ((re.compile(r"^features\."), ""),
-            (re.compile(r"\blayer(\d+)\.(\d+)\b"), r"layer\1_\2"),
-            (re.compile(r"\bdownsample\.0\b"), "downsample_conv"),
-            (re.compile(r"\bdownsample\.1\b"), "downsample_bn"),
-            (re.compile(r"\b(norm|conv)\.([12])\b"), r"\1\2"))
-# A tensor kind -> the (collection, leaf) it may be; a weight is BatchNorm's
-# scale where the module has one, else a kernel.
+# A tensor kind -> the (collection, leaf) it may be; a weight is a norm's scale where
+# the module has one, else a kernel. Other kinds are the parameter of their name.
 _LEAVES = {"running_mean": (("batch_stats", "mean"),), "running_var": (("batch_stats", "var"),),
            "bias": (("params", "bias"),), "weight": (("params", "scale"), ("params", "kernel"))}
 _RGB = 3
@@ -46,6 +43,27 @@ YELLOW_RULES = {
     "mean_rgb": lambda k: k.mean(axis=2, keepdims=True),  # a grey-level response
     "zeros": lambda k: np.zeros_like(k[:, :, :1]),  # RGB responses exactly as pretrained
 }
+
+
+# A backbone's rule for a tensor whose Flax-layout shape differs from its variable's:
+# (key, value, the variable's shape) -> the value to load, or the value unchanged.
+Fitter = Callable[[str, np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportRules:
+    """How a backbone's reference state-dict keys map onto its variables.
+
+    Attributes:
+      renames: (regular expression, replacement) applied in order to each key.
+      skips: (regular expression, why) for keys of parts the backbone lacks by
+        design, skipped and listed.
+      fit: the rule for a tensor whose shape differs from its variable's.
+    """
+
+    renames: tuple[tuple[str, str], ...] = ()
+    skips: tuple[tuple[str, str], ...] = ()
+    fit: Fitter | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +94,10 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequence[int],
-                 source: str = "the file", new_head: bool = True,
+                 rules: ImportRules, source: str = "the file", new_head: bool = True,
                  yellow_init: str = "mean_red_green") -> Imported:
-    """``variables`` (``params`` and ``batch_stats``) with the tensors of ``state`` in them.
+    """``variables`` (``params`` and any ``batch_stats``) with the tensors of ``state``
+    in them, by the backbone's ``rules``.
 
     With ``new_head`` the file's classifier is skipped and the backbone's
     kept (28 logits against ImageNet's 1,000). Raises ValueError naming the
@@ -91,20 +110,24 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
                          f"{', '.join(YELLOW_RULES)}")
     heads = HEAD_NAMES if new_head else ()
     params = traverse_util.flatten_dict(variables["params"])
-    stats = traverse_util.flatten_dict(variables["batch_stats"])
+    stats = traverse_util.flatten_dict(variables.get("batch_stats", {}))
     new = {"params": dict(params), "batch_stats": dict(stats)}
     loaded, skipped, filled = [], [], set()
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             skipped.append((key, "a counter, no counterpart"))
             continue
-        collection, path = _target(key, params, stats, source)
+        why = next((why for pattern, why in rules.skips if re.search(pattern, key)), "")
+        if why:
+            skipped.append((key, why))
+            continue
+        collection, path = _target(key, rules.renames, params, stats, source)
         if path[0] in heads:
             skipped.append((key, "the classifier is new: 28 logits"))
             continue
         expected = new[collection][path]
         new[collection][path] = _converted(key, np.asarray(value), expected.shape,
-                                           (channels, yellow_init), source)
+                                           (channels, yellow_init), rules.fit, source)
         loaded.append(key)
         filled.add((collection, path))
     missing = [f"{c}/{'/'.join(p)}" for c, tree in (("params", params), ("batch_stats", stats))
@@ -116,14 +139,15 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
                     traverse_util.unflatten_dict(new["batch_stats"]), loaded, skipped)
 
 
-def _target(key: str, params: dict, stats: dict, source: str) -> tuple[str, tuple[str, ...]]:
+def _target(key: str, renames: tuple[tuple[str, str], ...], params: dict, stats: dict,
+            source: str) -> tuple[str, tuple[str, ...]]:
     """Where a file's tensor goes: (collection, flattened variable path)."""
     name = key
-    for pattern, replacement in _RENAMES:
-        name = pattern.sub(replacement, name)
+    for pattern, replacement in renames:
+        name = re.sub(pattern, replacement, name)
     *module, kind = name.split(".")
     module = tuple(module)
-    candidates = _LEAVES.get(kind, ())
+    candidates = _LEAVES.get(kind, (("params", kind),))
     for collection, leaf in candidates:
         if module + (leaf,) in (params if collection == "params" else stats):
             return collection, module + (leaf,)
@@ -132,15 +156,18 @@ def _target(key: str, params: dict, stats: dict, source: str) -> tuple[str, tupl
 
 
 def _converted(key: str, value: np.ndarray, shape: tuple[int, ...],
-               stem: tuple[Sequence[int], str], source: str) -> np.ndarray:
+               stem: tuple[Sequence[int], str], fit: Fitter | None, source: str) -> np.ndarray:
     """A torch tensor in Flax layout, checked against ``shape``; an RGB stem gets the
-    ``stem`` (channels, yellow rule)."""
+    ``stem`` (channels, yellow rule), and any other tensor of another shape the
+    backbone's ``fit``."""
     if value.ndim == 4:  # conv [O, I, kh, kw] -> [kh, kw, I, O]
         value = value.transpose(2, 3, 1, 0)
         if value.shape[2] == _RGB and shape[2] != _RGB:
             value = _stem_channels(value, *stem)
     elif value.ndim == 2:  # linear [out, in] -> [in, out]
         value = value.T
+    if value.shape != tuple(shape) and fit is not None:
+        value = fit(key, value, tuple(shape))
     if value.shape != tuple(shape):
         raise ValueError(f"{source}: tensor {key!r} has shape {list(value.shape)} in Flax "
                          f"layout, the backbone's is {list(shape)}")
