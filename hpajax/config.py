@@ -98,7 +98,18 @@ BACKBONES = {
     "resnet50": ("resnet", "imagenet"),
     "densenet121": ("densenet", "imagenet"),
     "densenet169": ("densenet", "imagenet"),
+    "inception_v3": ("inception", "inception"),
+    "seresnext50_32x4d": ("seresnext", "imagenet"),
+    "xception": ("xception", "inception"),
+    "efficientnet_b0": ("efficientnet", "imagenet"),
+    "efficientnet_b4": ("efficientnet", "imagenet"),
+    "convnext_tiny": ("convnext", "imagenet"),
+    "vit_small_patch16": ("vit", "inception"),
+    "vit_base_patch16": ("vit", "inception"),
 }
+# The backbones with stochastic depth, at their reference's rate (config.model.drop_path).
+DROP_PATH = {"efficientnet_b0": 0.2, "efficientnet_b4": 0.2, "convnext_tiny": 0.1,
+             "vit_small_patch16": 0.0, "vit_base_patch16": 0.0}
 MODELS = ("seed_cnn", *BACKBONES)  # the values of config.model.name
 NORMALIZATIONS = ("unit", "imagenet", "inception")  # the values of config.model.normalize
 # The seed CNN's first two blocks at a quarter of its width: tiny.py's model, and the
@@ -123,6 +134,10 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         # std = 0.5); "": with init_from, the weights' (BACKBONES), else "unit"
         c.normalize = ""
         c.yellow_init = "mean_red_green"  # yellow stem filters from RGB: or "mean_rgb", "zeros"
+        if name in DROP_PATH:
+            c.drop_path = DROP_PATH[name]  # stochastic depth: the last block's drop rate
+        if BACKBONES[name][0] == "vit":
+            c.pool = "token"  # the head reads the class token ("token") or the patches' mean
     else:
         raise ValueError(f"config.model.name={name!r}: choose 'seed_cnn' or one of "
                          f"{', '.join(BACKBONES)}")

@@ -20,12 +20,15 @@ import ml_collections
 import numpy as np
 
 from hpajax import config as config_lib
-from hpajax.models import densenet, resnet, seed_cnn, weights
+from hpajax.models import (convnext, densenet, efficientnet, inception, resnet, seed_cnn,
+                           seresnext, vit, weights, xception)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.BACKBONES' module names -> the modules: each has VARIANTS (a backbone's name ->
 # its architecture), from_config(cfg, dtype) and IMPORT_RULES (its reference's keys).
-_MODULES = {"resnet": resnet, "densenet": densenet}
+_MODULES = {"resnet": resnet, "densenet": densenet, "inception": inception,
+            "seresnext": seresnext, "xception": xception, "efficientnet": efficientnet,
+            "convnext": convnext, "vit": vit}
 DEFAULT = "seed_cnn"  # the model of a config.json written before config.model.name
 
 

@@ -74,10 +74,13 @@ class Imported:
     batch_stats: dict
     loaded: list[str]  # the file's keys that were loaded
     skipped: list[tuple[str, str]]  # (file key, why)
+    fitted: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> how, if fitted
 
     def lines(self) -> list[str]:
-        """One line per tensor of the file: loaded, or skipped and why."""
-        return ([f"loaded  {key}" for key in self.loaded]
+        """One line per tensor of the file: loaded (and how it was fitted), or skipped and
+        why."""
+        return ([f"loaded  {key}" + (f" ({self.fitted[key]})" if key in self.fitted else "")
+                 for key in self.loaded]
                 + [f"skipped {key}: {why}" for key, why in self.skipped])
 
 
@@ -112,7 +115,7 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
     params = traverse_util.flatten_dict(variables["params"])
     stats = traverse_util.flatten_dict(variables.get("batch_stats", {}))
     new = {"params": dict(params), "batch_stats": dict(stats)}
-    loaded, skipped, filled = [], [], set()
+    loaded, skipped, filled, fitted = [], [], set(), {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             skipped.append((key, "a counter, no counterpart"))
@@ -126,9 +129,12 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
             skipped.append((key, "the classifier is new: 28 logits"))
             continue
         expected = new[collection][path]
-        new[collection][path] = _converted(key, np.asarray(value), expected.shape,
-                                           (channels, yellow_init), rules.fit, source)
+        value, how = _converted(key, np.asarray(value), expected.shape, (channels, yellow_init),
+                                rules.fit, source)
+        new[collection][path] = value
         loaded.append(key)
+        if how:
+            fitted[key] = how
         filled.add((collection, path))
     missing = [f"{c}/{'/'.join(p)}" for c, tree in (("params", params), ("batch_stats", stats))
                for p in tree if (c, p) not in filled and p[0] not in heads]
@@ -136,7 +142,7 @@ def import_state(state: dict[str, np.ndarray], variables: dict, channels: Sequen
         raise ValueError(f"{source}: no tensor for {missing[0]} ({len(missing)} variables of "
                          "the backbone are missing): not a checkpoint of this backbone")
     return Imported(traverse_util.unflatten_dict(new["params"]),
-                    traverse_util.unflatten_dict(new["batch_stats"]), loaded, skipped)
+                    traverse_util.unflatten_dict(new["batch_stats"]), loaded, skipped, fitted)
 
 
 def _target(key: str, renames: tuple[tuple[str, str], ...], params: dict, stats: dict,
@@ -156,22 +162,25 @@ def _target(key: str, renames: tuple[tuple[str, str], ...], params: dict, stats:
 
 
 def _converted(key: str, value: np.ndarray, shape: tuple[int, ...],
-               stem: tuple[Sequence[int], str], fit: Fitter | None, source: str) -> np.ndarray:
-    """A torch tensor in Flax layout, checked against ``shape``; an RGB stem gets the
-    ``stem`` (channels, yellow rule), and any other tensor of another shape the
-    backbone's ``fit``."""
+               stem: tuple[Sequence[int], str], fit: Fitter | None, source: str
+               ) -> tuple[np.ndarray, str]:
+    """A torch tensor in Flax layout, checked against ``shape``, and how it was fitted
+    ("" if not): an RGB stem gets the ``stem`` (channels, yellow rule), any other tensor
+    of another shape the backbone's ``fit``."""
     if value.ndim == 4:  # conv [O, I, kh, kw] -> [kh, kw, I, O]
         value = value.transpose(2, 3, 1, 0)
         if value.shape[2] == _RGB and shape[2] != _RGB:
             value = _stem_channels(value, *stem)
     elif value.ndim == 2:  # linear [out, in] -> [in, out]
         value = value.T
+    how = ""
     if value.shape != tuple(shape) and fit is not None:
+        how = f"{list(value.shape)} fitted to {list(shape)}"
         value = fit(key, value, tuple(shape))
     if value.shape != tuple(shape):
         raise ValueError(f"{source}: tensor {key!r} has shape {list(value.shape)} in Flax "
                          f"layout, the backbone's is {list(shape)}")
-    return value.astype(np.float32)
+    return value.astype(np.float32), how
 
 
 def _stem_channels(kernel: np.ndarray, channels: Sequence[int], yellow_init: str
