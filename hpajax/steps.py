@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax
@@ -121,14 +122,16 @@ def learning_rate_at(config: ml_collections.ConfigDict, state: TrainState) -> fl
     return float(lr) * float(state.plateau.scale)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   total_steps: int = 0) -> optax.GradientTransformation:
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int = 0,
+                   depths: dict[str, int] | None = None) -> optax.GradientTransformation:
     """Adam as the seed's Table 4, with decoupled weight decay, at ``learning_rate``'s
     schedule (over ``total_steps``).
 
     ``cfg.decay`` says what decays: "all" parameters (the seed's), or only
     "kernels", leaving BatchNorm scales and biases alone as pretrained
-    backbones are fine-tuned. With ``cfg.head_warmup_steps`` the backbone's
+    backbones are fine-tuned. With ``cfg.layer_decay`` the updates of each
+    top-level layer are scaled by its factor of ``_layer_decay`` (``depths``:
+    ``layer_depths`` of the model's layers). With ``cfg.head_warmup_steps`` the backbone's
     updates are scaled by ``cfg.head_warmup_scale`` (0: frozen) for those
     first steps, so that a new head settles before pretrained layers move.
     """
@@ -138,6 +141,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
     mask = None if decay == "all" else _kernels
     tx = optax.adamw(learning_rate(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                      weight_decay=cfg.weight_decay, mask=mask)
+    if cfg.get("layer_decay", 0.0):
+        tx = optax.chain(tx, _layer_decay(cfg.layer_decay, depths))
     warmup = cfg.get("head_warmup_steps", 0)
     if warmup < 0:
         raise ValueError(f"config.optimizer.head_warmup_steps={warmup}: must be 0 or more")
@@ -146,6 +151,32 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
     scale = cfg.head_warmup_scale
     backbone = optax.scale_by_schedule(lambda count: jnp.where(count < warmup, scale, 1.0))
     return optax.chain(tx, optax.masked(backbone, _outside_head))
+
+
+def layer_depths(names: Iterable[str], layer_key: Callable[[str], tuple[int, ...]]
+                 ) -> dict[str, int]:
+    """Each top-level layer's depth: the rank of its ``layer_key`` (the backbone's order
+    of its layers) among the distinct keys; 0 is the stem, the largest the head."""
+    keys = {name: layer_key(name) for name in names}
+    ranks = {key: rank for rank, key in enumerate(sorted(set(keys.values())))}
+    return {name: ranks[key] for name, key in keys.items()}
+
+
+def _layer_decay(decay: float, depths: dict[str, int] | None) -> optax.GradientTransformation:
+    """Layer-wise learning-rate decay: the updates of a top-level layer at depth ``d``
+    scaled by ``decay ** (D - d)``, ``D`` the deepest's (the head: 1), one ``optax.scale``
+    per depth through ``optax.multi_transform``."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"config.optimizer.layer_decay={decay}: choose 0 (off) or a value "
+                         "in (0, 1], e.g. 0.75")
+    if depths is None:
+        raise ValueError("config.optimizer.layer_decay is set but the model has no layer "
+                         "order: use one of the backbones")
+    top = max(depths.values())
+    scales = {f"depth{d}": optax.scale(decay ** (top - d)) for d in set(depths.values())}
+    return optax.multi_transform(scales, lambda params: {
+        name: jax.tree.map(lambda _, d=depths[name]: f"depth{d}", tree)
+        for name, tree in params.items()})
 
 
 def _kernels(params: Any) -> Any:
@@ -460,12 +491,24 @@ def _schedule_span(config: ml_collections.ConfigDict) -> int | None:
     return config.total_steps if spans and not config.optimizer.lr_decay_steps else None
 
 
+def _model_depths(config: ml_collections.ConfigDict, model: Any,
+                  image_shape: tuple[int, int, int]) -> dict[str, int] | None:
+    """``layer_depths`` of the backbone's top-level layers, where ``config.optimizer.
+    layer_decay`` needs them (None for the seed CNN, which has no layer order)."""
+    if not config.optimizer.get("layer_decay") or config.model.name not in config_lib.BACKBONES:
+        return None
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    return layer_depths(shapes["params"], models.module(config.model.name).layer_key)
+
+
 def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[int, int, int],
               pos_weight: np.ndarray | None) -> tuple:
     """``Steps``'s fields after ``config``, ``image_shape`` and ``mesh``."""
     model = models.create(config.model)
     loss_fn = losses.make_loss(config.loss, config.focal_gamma, pos_weight)
-    tx = make_optimizer(config.optimizer, config.total_steps)
+    tx = make_optimizer(config.optimizer, config.total_steps,
+                        _model_depths(config, model, image_shape))
     plateau = optax.contrib.reduce_on_plateau(factor=config.optimizer.plateau_factor,
                                               patience=config.optimizer.plateau_patience)
     rep = NamedSharding(mesh, PartitionSpec())

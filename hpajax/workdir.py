@@ -39,7 +39,7 @@ ADDED_FIELDS = {"model.name": "seed_cnn", "optimizer.decay": "all",
                 "optimizer.schedule": "plateau", "optimizer.lr_warmup_steps": 0,
                 "optimizer.lr_decay_steps": 0, "optimizer.lr_floor": 0.0,
                 "optimizer.lr_boundaries": [], "optimizer.lr_factors": [],
-                "optimizer.onecycle_pct_start": 0.3}
+                "optimizer.onecycle_pct_start": 0.3, "optimizer.layer_decay": 0.0}
 
 
 def location(workdir: str | os.PathLike) -> epath.Path:

@@ -64,9 +64,13 @@ def test_base_config_names_the_model():
 def test_model_config_has_each_models_fields_and_refuses_others():
     assert set(config_lib.model_config("seed_cnn")) == {"name", "dtype", "kernel_size",
                                                         "filters", "head"}
+    common = {"name", "dtype", "dropout", "remat", "init_from", "normalize", "yellow_init"}
     for name in config_lib.BACKBONES:
-        assert set(config_lib.model_config(name)) == {"name", "dtype", "dropout", "remat",
-                                                      "init_from", "normalize", "yellow_init"}
+        extra = {"drop_path"} if name in config_lib.DROP_PATH else set()
+        extra |= {"pool"} if name.startswith("vit_") else set()
+        assert set(config_lib.model_config(name)) == common | extra, name
+    assert config_lib.model_config("efficientnet_b4").drop_path == 0.2  # torchvision's
+    assert config_lib.model_config("convnext_tiny").drop_path == 0.1
     with pytest.raises(ValueError, match="config.model.name='vgg16'"):
         config_lib.model_config("vgg16")
 
@@ -114,7 +118,12 @@ def test_a_missing_field_is_named_with_the_models_that_have_it():
     assert config_lib.missing_field(config, "data.channels") == ""
     assert config_lib.missing_field(config, "model.init_from") == (
         "not a field of the seed_cnn model block, but of resnet18, resnet34, resnet50, "
-        "densenet121, densenet169's: add --config.model.name=resnet18")
+        "densenet121, densenet169, inception_v3, seresnext50_32x4d, xception, efficientnet_b0, "
+        "efficientnet_b4, convnext_tiny, vit_small_patch16, vit_base_patch16's: add "
+        "--config.model.name=resnet18")
+    assert config_lib.missing_field(config, "model.pool") == (
+        "not a field of the seed_cnn model block, but of vit_small_patch16, "
+        "vit_base_patch16's: add --config.model.name=vit_small_patch16")
     assert config_lib.missing_field(config, "model.foo").startswith(
         "no model block has a field 'foo' (the seed_cnn block's: dtype, filters,")
     assert config_lib.missing_field(config, "optimizer.lr").startswith(
@@ -143,3 +152,4 @@ def test_a_backbone_run_saved_with_the_seed_block_resumes_with_its_own_block(tmp
     seed.model.filters = (8, 16, 32, 64)
     with pytest.raises(ValueError, match=r"config.model.name='seed_cnn' does not match"):
         workdir.save_config(seed, epath.Path(tmp_path), resuming=True)
+

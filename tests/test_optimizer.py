@@ -1,6 +1,7 @@
 """The optimizer: weight decay on every parameter (the seed's) or on the kernels only; the
 head's warm-up."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -8,6 +9,7 @@ import optax
 import pytest
 
 from hpajax import config as config_lib
+from hpajax import steps
 from hpajax.steps import make_optimizer
 
 PARAMS = {"conv1": {"kernel": jnp.ones((3, 3, 4, 8))},
@@ -73,3 +75,62 @@ def test_a_warm_up_needs_a_head():
     tx = make_optimizer(cfg)
     with pytest.raises(ValueError, match="head_warmup_steps is set but the model has no fc"):
         tx.init({"conv1": PARAMS["conv1"], "dense2": PARAMS["fc"]})
+
+
+def resnet18_names() -> list[str]:
+    """ResNet-18's top-level layer names, as its params have them (sorted, as Flax's)."""
+    return sorted(["conv1", "bn1", "fc"] + [f"layer{s}_{b}" for s in range(1, 5)
+                                            for b in range(2)])
+
+
+def test_layer_depths_follow_the_network_not_the_names():
+    """ResNet-18: the stem 0, blocks 1-8 in order, the head 9; DenseNet: each transition
+    after its block; the ViT as timm counts (embeddings 0, block i at i + 1, norm and head
+    last)."""
+    from hpajax.models import densenet, resnet
+
+    depths = steps.layer_depths(resnet18_names(), resnet.layer_key)
+    assert depths == {"conv1": 0, "bn1": 0, "layer1_0": 1, "layer1_1": 2, "layer2_0": 3,
+                      "layer2_1": 4, "layer3_0": 5, "layer3_1": 6, "layer4_0": 7,
+                      "layer4_1": 8, "fc": 9}
+    names = ["classifier", "conv0", "denseblock1", "denseblock2", "norm0", "norm5",
+             "transition1"]
+    assert steps.layer_depths(names, densenet.layer_key) == {
+        "conv0": 0, "norm0": 0, "denseblock1": 1, "transition1": 2, "denseblock2": 3,
+        "norm5": 4, "classifier": 4}
+
+
+def test_layer_decay_scales_each_layers_adamw_update_by_decay_to_its_height():
+    """Each update equals optax.adamw's times decay ** (9 - depth), written out per layer,
+    over a few steps (the multi-transform keeps one Adam state for all)."""
+    from hpajax.models import resnet
+
+    cfg = config_lib.base_config().optimizer
+    cfg.layer_decay, cfg.weight_decay = 0.5, 0.01
+    params = {name: {"kernel": jnp.ones((2, 3))} for name in resnet18_names()}
+    depths = steps.layer_depths(params, resnet.layer_key)
+    tx = make_optimizer(cfg, depths=depths)
+    reference = optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+    state, ref_state = tx.init(params), reference.init(params)
+    rng = np.random.default_rng(0)
+    expected_scale = {"conv1": 0.5 ** 9, "bn1": 0.5 ** 9, "layer1_0": 0.5 ** 8,
+                      "layer2_1": 0.5 ** 5, "layer4_1": 0.5, "fc": 1.0}
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                             params)
+        updates, state = tx.update(grads, state, params)
+        want, ref_state = reference.update(grads, ref_state, params)
+        for name, scale in expected_scale.items():
+            np.testing.assert_allclose(updates[name]["kernel"], scale * want[name]["kernel"],
+                                       rtol=1e-6)
+
+
+def test_layer_decay_is_checked():
+    cfg = config_lib.base_config().optimizer
+    cfg.layer_decay = 1.5
+    with pytest.raises(ValueError, match=r"config.optimizer.layer_decay=1.5: choose 0"):
+        make_optimizer(cfg, depths={"fc": 0})
+    cfg.layer_decay = 0.75
+    with pytest.raises(ValueError, match="layer_decay is set but the model has no layer"):
+        make_optimizer(cfg)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import DATA, REPO
 
-from hpajax import models
+from hpajax import config as config_lib
+from hpajax import models, steps
 from hpajax.models import densenet, resnet, weights
 
 REFERENCE = DATA / "torchvision_reference.npz"
@@ -150,3 +151,29 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path):
     (tmp_path / "w.safetensors").write_text("not safetensors")
     with pytest.raises(ValueError, match="init_from=.*w.safetensors: cannot read it"):
         weights.read_safetensors(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("name, init_from, normalize, expected", [
+    ("resnet50", "w.safetensors", "", "imagenet"),
+    ("inception_v3", "w.safetensors", "", "inception"),  # torchvision's transform_input
+    ("xception", "w.safetensors", "", "inception"),
+    ("vit_base_patch16", "w.safetensors", "", "inception"),
+    ("vit_base_patch16", "", "", "unit"),  # from scratch: the seed's ÷255
+    ("vit_base_patch16", "w.safetensors", "imagenet", "imagenet"),  # set: kept
+])
+def test_the_weights_choose_the_input_normalization(name, init_from, normalize, expected):
+    """With init_from and no model.normalize, the statistics of the backbone's reference
+    weights: mean = std = 0.5 per channel for "inception", torchvision's for "imagenet"."""
+    config = config_lib.base_config()
+    config.model = config_lib.model_config(name)
+    config.model.init_from, config.model.normalize = init_from, normalize
+    config.data.channels = (1, 3)
+    assert steps.normalization_name(config) == expected
+    norm = steps.input_normalization(config)
+    if expected == "inception":
+        np.testing.assert_array_equal(norm, [[0.5, 0.5], [0.5, 0.5]])
+    elif expected == "imagenet":
+        np.testing.assert_allclose(norm, [[0.456, 0.4705], [0.224, 0.2265]])
+    config.model.normalize = "half"
+    with pytest.raises(ValueError, match="config.model.normalize='half': choose one of unit"):
+        steps.normalization_name(config)

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hpajax.models.layers import TorchLayers
+from hpajax.models.layers import TorchLayers, numbers
 from hpajax.models.weights import ImportRules
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -170,6 +170,14 @@ class DenseNet(TorchLayers):
                                name=f"transition{block}")(x, train)
         x = self.norm_relu(x, train, "norm5")
         return self.head(x, train, self.num_classes, self.dropout, "classifier", _LINEAR_INIT)
+
+
+def layer_key(name: str) -> tuple[int, ...]:
+    """A top-level layer's place in the network (``steps.layer_depths``): the stem, each
+    dense block then its transition, the final norm and the head."""
+    if name.startswith(("denseblock", "transition")):
+        return (1, *numbers(name), name.startswith("transition"))
+    return (0,) if name in ("conv0", "norm0") else (2,)
 
 
 def from_config(cfg: ml_collections.ConfigDict, dtype: Any) -> DenseNet:

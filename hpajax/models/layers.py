@@ -10,6 +10,7 @@ against the Flax layers they replace.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -134,6 +135,12 @@ class BatchNormReLU(nn.Module):
 # The names torchvision and timm give the backbones' final dense layer: their heads are
 # new (28 logits), skipped on import and warmed up alone (steps.make_optimizer).
 HEAD_NAMES = ("fc", "classifier", "head")
+
+
+def numbers(name: str) -> tuple[int, ...]:
+    """The integers in a layer's name, in order (``"layer3_1"``: (3, 1)): the backbones'
+    ``layer_key`` reads block positions from them."""
+    return tuple(int(n) for n in re.findall(r"\d+", name))
 
 
 def drawing(module: nn.Module, train: bool) -> bool:

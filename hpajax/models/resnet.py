@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from hpajax.models.layers import TorchLayers
+from hpajax.models.layers import TorchLayers, numbers
 from hpajax.models.weights import ImportRules
 
 # name -> (blocks per stage, bottleneck blocks)
@@ -156,6 +156,14 @@ class ResNet(_ResNetLayers):
                 x = block_cls(features=width, strides=strides, **self.layer_kwargs(),
                               name=f"layer{stage}_{index}")(x, train)
         return self.head(x, train, self.num_classes, self.dropout, "fc")
+
+
+def layer_key(name: str) -> tuple[int, ...]:
+    """A top-level layer's place in the network (``steps.layer_depths``): the stem, the
+    blocks in order, the head."""
+    if name.startswith("layer"):
+        return (1, *numbers(name))
+    return (2,) if name == "fc" else (0,)
 
 
 def from_config(cfg: ml_collections.ConfigDict, dtype: Any) -> ResNet:
