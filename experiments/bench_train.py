@@ -263,12 +263,12 @@ class TorchBench:
         self.model_cfg, self.opt_cfg = config.model, config.optimizer
         torch.set_num_threads(len(os.sched_getaffinity(0)))
 
-    def model(self):
-        """A freshly initialized torch model with the config's shape."""
+    def model(self, size: int):
+        """A freshly initialized torch model with the config's shape, for ``size`` px."""
         self.torch.manual_seed(self.seed)
         m = self.model_cfg
         if m.name != "seed_cnn":
-            return self.ref.torchvision_backbone(m.name, self.channels, classes.NUM_CLASSES)
+            return self.ref.reference_backbone(m.name, self.channels, classes.NUM_CLASSES, size)
         return self.ref.SeedCNN(self.channels, classes.NUM_CLASSES, tuple(m.filters),
                                 m.kernel_size, tuple(m.head))
 
@@ -277,7 +277,7 @@ class TorchBench:
         running statistics so that evaluation mode is checked too."""
         variables = jax.device_get(jax_model.init(jax.random.PRNGKey(self.seed), x,
                                                   train=False))
-        model = self.model()
+        model = self.model(x.shape[1])
         if self.model_cfg.name == "seed_cnn":
             variables = {**variables, "batch_stats": jax.tree.map(
                 lambda v: v + 0.1, variables["batch_stats"])}
@@ -287,7 +287,8 @@ class TorchBench:
             if name.endswith("running_mean") or name.endswith("running_var"):
                 buffer.uniform_(0.5, 1.5)
         state = {k: v.numpy() for k, v in model.state_dict().items()}
-        imported = weights.import_state(state, variables, range(self.channels), new_head=False)
+        imported = weights.import_state(state, variables, range(self.channels),
+                                        models.import_rules(self.model_cfg.name), new_head=False)
         return {"params": imported.params, "batch_stats": imported.batch_stats}, model
 
     def check(self, jax_model) -> None:
@@ -315,7 +316,7 @@ class TorchBench:
         torch, ref = self.torch, self.ref
         images = torch.from_numpy(host_batches[0]["image"])
         label = torch.from_numpy(host_batches[0]["label"])
-        model = self.model()
+        model = self.model(images.shape[1])
         opt = ref.make_optimizer(model, self.opt_cfg.learning_rate,
                                  (self.opt_cfg.b1, self.opt_cfg.b2), self.opt_cfg.eps,
                                  self.opt_cfg.weight_decay)

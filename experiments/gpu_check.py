@@ -58,6 +58,11 @@ MEM_FRACTION = "0.9"
 TAIL_CHARS = 2000  # of a failed subprocess's output, in its error line
 MIN_CHILD_SECONDS = 10.0  # a configuration is not started with less time left
 SEED_CNN = "seed_cnn"  # first of --models; the loop and torch figures are its only
+# Every backbone, the Kaggle HPA 2019 and 2021 winners' first (those a lease must time),
+# then the rest: the order in which --models runs them until the time limit.
+BACKBONE_ORDER = ("densenet121", "seresnext50_32x4d", "inception_v3", "densenet169",
+                  "xception", "efficientnet_b4", "vit_base_patch16", "resnet34", "resnet50",
+                  "resnet18", "efficientnet_b0", "convnext_tiny", "vit_small_patch16")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -68,8 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", help="global batch sizes (default 64,256; smoke 8)")
     p.add_argument("--dtypes", help="model dtypes (default bfloat16,float32; smoke float32)")
     p.add_argument("--models", help="seed_cnn and/or hpajax.config.BACKBONES (default "
-                   "seed_cnn,resnet18,resnet34,resnet50,densenet121,densenet169; smoke "
-                   "seed_cnn,resnet18)")
+                   "seed_cnn, then the HPA winners' backbones first, then the rest: "
+                   f"{','.join(BACKBONE_ORDER)}; smoke seed_cnn,resnet18)")
     p.add_argument("--backbone_dtypes",
                    help="the backbones' dtypes, at the smallest batch (default bfloat16; "
                         "smoke float32)")
@@ -92,7 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                backbone_dtypes="float32", num_samples=24, workers="0,2", steps=2,
                max_seconds=1.0, pipeline_batches=4, time_limit=180.0)
     full = dict(size=512, batches="64,256", dtypes="bfloat16,float32",
-                models=f"{SEED_CNN},resnet18,resnet34,resnet50,densenet121,densenet169",
+                models=",".join((SEED_CNN, *BACKBONE_ORDER)),
                 backbone_dtypes="bfloat16", num_samples=1024,
                 workers=f"0,{os.cpu_count() or 1}", steps=30, max_seconds=3.0,
                 pipeline_batches=48, time_limit=420.0)

@@ -21,8 +21,8 @@ step conservative for JAX.
 
 ``load_flax_variables`` copies a Flax model's variables in, so the two
 implementations can be checked to compute the same function.
-``torchvision_backbone`` gives the backbones' torchvision twins (torchvision
-imports only in its own venv beside torch 2.14.1, see the README).
+``reference_backbone`` gives the backbones' torchvision and timm twins (they
+import only in their own venv beside torch 2.14.1, see the README).
 
 torch is not an hpajax dependency: install it for benchmarks only (e.g.
 ``pip install torch==2.13.0``, a CPU wheel).
@@ -74,16 +74,30 @@ class SeedCNN(nn.Module):
         return self.head(torch.cat(pooled, dim=1))
 
 
-def torchvision_backbone(name: str, channels: int, num_classes: int) -> nn.Module:
-    """torchvision's ``name`` (e.g. "resnet50", "densenet121") with a ``channels``-input stem
-    and ``num_classes`` outputs, as ``hpajax.models`` builds it."""
-    import torchvision  # noqa: PLC0415  (only the backbones need it)
+def reference_backbone(name: str, channels: int, num_classes: int, size: int = 224
+                       ) -> nn.Module:
+    """The reference of hpajax's backbone ``name`` (torchvision's or timm's, as
+    ``torchvision_reference.MODELS``; Inception-v3 without its auxiliary head, as
+    hpajax; a ViT built for ``size`` px) with a ``channels``-input stem and
+    ``num_classes`` outputs, as ``hpajax.models`` builds it."""
+    from torchvision_reference import MODELS  # noqa: PLC0415  (a sibling, needs no torch)
 
-    model = getattr(torchvision.models, name)(num_classes=num_classes)
-    parent, stem = (model.features, "conv0") if name.startswith("densenet") else (model, "conv1")
-    old = getattr(parent, stem)
-    setattr(parent, stem, nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride,
-                                    old.padding, bias=False))
+    library, constructor, kwargs = MODELS[name]
+    if library == "timm":
+        import timm  # noqa: PLC0415  (only the timm backbones need it)
+
+        sized = {"img_size": size} if name.startswith("vit_") else {}
+        model = timm.create_model(constructor, num_classes=num_classes, **kwargs, **sized)
+    else:
+        import torchvision  # noqa: PLC0415  (only the backbones need it)
+
+        kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else kwargs
+        model = getattr(torchvision.models, constructor)(num_classes=num_classes, **kwargs)
+    parent, key, stem = next((parent, key, child) for parent in model.modules()
+                             for key, child in parent.named_children()
+                             if isinstance(child, nn.Conv2d) and child.in_channels == 3)
+    setattr(parent, key, nn.Conv2d(channels, stem.out_channels, stem.kernel_size, stem.stride,
+                                   stem.padding, bias=stem.bias is not None))
     return model
 
 
@@ -176,7 +190,7 @@ def main(model_name: str, size: int, batches: Sequence[int], repeats: int) -> No
     import time  # noqa: PLC0415
 
     model = (SeedCNN(4) if model_name == "seed_cnn"
-             else torchvision_backbone(model_name, 4, 28)).to(memory_format=torch.channels_last)
+             else reference_backbone(model_name, 4, 28, size)).to(memory_format=torch.channels_last)
     for batch in batches:
         images = torch.randint(0, 256, (batch, size, size, 4), dtype=torch.uint8)
         eval_step(model, images)

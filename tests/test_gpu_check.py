@@ -9,6 +9,8 @@ import pytest
 
 from conftest import PYTHON, REPO
 
+from hpajax import config as config_lib
+
 SCRIPT = REPO / "experiments" / "gpu_check.py"
 RATES = {"train": "img_per_s", "eval": "img_per_s", "pipeline": "samples_per_s"}
 
@@ -100,8 +102,9 @@ def test_the_full_run_covers_both_dtypes_both_batches_the_backbones_and_the_pipe
     assert args.size == 512 and args.time_limit <= 8 * 60
     seed = [f"jax:seed_cnn:{dtype}:{batch}" for batch in (64, 256)
             for dtype in ("bfloat16", "float32")]
-    backbones = [f"jax:{name}:bfloat16:64"
-                 for name in ("resnet18", "resnet34", "resnet50", "densenet121", "densenet169")]
+    assert sorted(gpu_check.BACKBONE_ORDER) == sorted(config_lib.BACKBONES)  # every one
+    assert gpu_check.BACKBONE_ORDER[:3] == ("densenet121", "seresnext50_32x4d", "inception_v3")
+    backbones = [f"jax:{name}:bfloat16:64" for name in gpu_check.BACKBONE_ORDER]
     jax = [name for name in names if name.startswith("jax:")]
     assert jax == seed + backbones  # the seed's first, the backbones in bfloat16 at batch 64
     assert names[0] == "store" and f"pipeline:{os.cpu_count()}" in names
