@@ -138,7 +138,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         c.normalize = ""
         c.yellow_init = "mean_red_green"  # yellow stem filters from RGB: or "mean_rgb", "zeros"
         if name in DROP_PATH:
-            c.drop_path = DROP_PATH[name]  # stochastic depth: the last block's drop rate
+            c.drop_path = DROP_PATH[name]  # stochastic depth rate, growing over the blocks
         if BACKBONES[name][0] == "vit":
             c.pool = "token"  # the head reads the class token ("token") or the patches' mean
     else:

@@ -186,6 +186,12 @@ def _log1p(graph: _Graph, eqn, ins: list[str]) -> list[str]:
     return [graph.node("Log", [graph.node("Add", [ins[0], one])])]
 
 
+def _erfc(graph: _Graph, eqn, ins: list[str]) -> list[str]:
+    """``1 - erf(x)`` (the exact GELU's form in ``jax.nn.gelu``)."""
+    one = graph.const(np.ones((), _compute_dtype(eqn.invars[0].aval.dtype)))
+    return [graph.node("Sub", [one, graph.node("Erf", ins)])]
+
+
 def _integer_pow(graph: _Graph, eqn, ins: list[str]) -> list[str]:
     exponent = graph.const(np.asarray(eqn.params["y"], _compute_dtype(eqn.invars[0].aval.dtype)))
     return [graph.node("Pow", [ins[0], exponent])]
@@ -341,11 +347,12 @@ _CONVERTERS: dict[str, Callable[[_Graph, object, list[str]], list[str]]] = {
     **{name: _simple(op) for name, op in {
         "add": "Add", "mul": "Mul", "div": "Div", "min": "Min",
         "neg": "Neg", "log": "Log", "exp": "Exp", "logistic": "Sigmoid", "sqrt": "Sqrt",
-        "abs": "Abs", "tanh": "Tanh", "erf": "Erf", "copy": "Identity",
-        "copy_p": "Identity", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
+        "abs": "Abs", "tanh": "Tanh", "erf": "Erf", "copy": "Identity", "copy_p": "Identity",
+        "stop_gradient": "Identity", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
         "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "not": "Not"}.items()},
     "square": lambda graph, eqn, ins: [graph.node("Mul", [ins[0], ins[0]])],
-    "sub": _sub, "max": _max, "rsqrt": _rsqrt, "log1p": _log1p, "integer_pow": _integer_pow, "select_n": _select_n,
+    "sub": _sub, "max": _max, "rsqrt": _rsqrt, "log1p": _log1p, "erfc": _erfc,
+    "integer_pow": _integer_pow, "select_n": _select_n,
     "clamp": _clamp, "convert_element_type": _convert, "reshape": _reshape,
     "squeeze": _squeeze, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
     "rev": _rev, "slice": _slice, "concatenate": _concatenate, "stack": _stack,

@@ -523,7 +523,10 @@ def _programs(config: ml_collections.ConfigDict, mesh: Mesh, image_shape: tuple[
     evaluate = jax.jit(functools.partial(eval_step, model=model, loss_fn=loss_fn, **options),
                        in_shardings=(rep, data),
                        out_shardings={"loss_sum": rep, "count": rep, "probs": data})
-    moments = jax.jit(functools.partial(moments_step, model=model.clone(bn_momentum=0.0),
+    # Momentum 0: a BatchNorm's "running" statistics come back as the batch's own moments.
+    # A model without BatchNorm has no bn_momentum, and no moments to compute.
+    batch_moments = model.clone(bn_momentum=0.0) if hasattr(model, "bn_momentum") else model
+    moments = jax.jit(functools.partial(moments_step, model=batch_moments,
                                         size=size, norm=norm, crop=options["crop"]),
                       in_shardings=(rep, data), out_shardings=rep)
     # One jitted program, compiled at LLVM's optimization level 1 unless XLA_FLAGS names

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from hpajax import checkpointing, classes, evaluate, inference, logs, losses, preemption
+from hpajax import checkpointing, classes, evaluate, inference, logs, losses, models, preemption
 from hpajax import steps as steps_lib
 from hpajax import workdir as workdir_lib
 from hpajax.data import pipeline, sources

@@ -42,9 +42,12 @@ def checkpoint_shas(workdir) -> list[str]:
 
 
 def test_every_backbone_is_registered():
-    for name in config_lib.BACKBONES:
-        assert type(models.create(config_lib.model_config(name))).__name__ in {
-            "ResNet", "DenseNet"}
+    """Each name of the one list builds a model of its module, which orders its layers."""
+    for name, (module_name, _) in config_lib.BACKBONES.items():
+        module = models.module(name)
+        assert module.__name__ == f"hpajax.models.{module_name}"
+        assert type(models.create(config_lib.model_config(name))).__module__ == module.__name__
+        assert name in module.VARIANTS and callable(module.layer_key)
 
 
 @pytest.fixture(scope="module")
