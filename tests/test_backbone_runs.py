@@ -4,13 +4,13 @@ position grid resized, layer-wise LR decay) and an EfficientNet (stochastic dept
 import jax
 import numpy as np
 import pytest
-from conftest import predict_outside, synthetic_store, tiny_config
-from test_backbones import checkpoint_shas
+from conftest import synthetic_store, tiny_config
+from test_backbones import assert_exports_give_predicts_probabilities, checkpoint_shas
 from test_weights import seeded_state_dict, torchvision_names_shapes
 
-from hpajax import commands, config as config_lib, export, inference, train
+from hpajax import commands, config as config_lib, inference, train
 from hpajax import steps as steps_lib
-from hpajax.data import open_store, pipeline
+from hpajax.data import pipeline
 from hpajax.data.run_data import open_run_data
 
 SIZE = 32  # a ViT/16 sees a 2x2 grid of patches
@@ -77,14 +77,7 @@ def test_a_vit_without_batchnorm_trains_resumes_exactly_evaluates_and_predicts(
 def test_a_vit_exported_gives_predicts_probabilities_outside_hpajax(store, vit_run, tmp_path):
     """StableHLO and ONNX files of a model without BatchNorm, within float32 rounding of
     predict."""
-    export.export_command(vit_run, output_dir=tmp_path / "export")
-    images = open_store(store).images[:5].read().result()
-    outside = predict_outside(images, {"vit": tmp_path / "export"}, tmp_path)
-    want = np.load(commands.predict_command(vit_run, store, tmp_path / "pred")
-                   / "probabilities.npy")[:5]
-    assert len(outside) == 4
-    for key, got in outside.items():
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=key)
+    assert_exports_give_predicts_probabilities("vit", vit_run, store, tmp_path, 5)
 
 
 def test_recalibration_runs_without_stochastic_depth(store):

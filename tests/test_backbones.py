@@ -41,6 +41,21 @@ def checkpoint_shas(workdir) -> list[str]:
     return [r["params_sha256"] for r in map(json.loads, lines) if r["split"] == "checkpoint"]
 
 
+def assert_exports_give_predicts_probabilities(name: str, run: pathlib.Path,
+                                               store: pathlib.Path, tmp_path: pathlib.Path,
+                                               count: int) -> None:
+    """``run`` exported, its StableHLO and ONNX files run outside hpajax (as ``name``) at two
+    batch sizes on the store's first ``count`` images: predict's probabilities to 1e-5."""
+    export.export_command(run, output_dir=tmp_path / "export")
+    images = open_store(store).images[:count].read().result()
+    outside = predict_outside(images, {name: tmp_path / "export"}, tmp_path)
+    want = np.load(commands.predict_command(run, store, tmp_path / "pred")
+                   / "probabilities.npy")[:count]
+    assert len(outside) == 4
+    for key, got in outside.items():
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=key)
+
+
 def test_every_backbone_is_registered():
     """Each name of the one list builds a model of its module, which orders its layers."""
     for name, (module_name, _) in config_lib.BACKBONES.items():
@@ -108,14 +123,7 @@ def test_resnet18_exported_gives_predicts_probabilities_outside_hpajax(store, pr
                                                                        tmp_path):
     """ImageNet-normalized ResNet-18 with head dropout (off at inference): the StableHLO and
     ONNX files at two batch sizes, within float32 rounding (observed 2e-7) of predict."""
-    export.export_command(pretrained_run, output_dir=tmp_path / "export")
-    images = open_store(store).images[:7].read().result()
-    outside = predict_outside(images, {"resnet18": tmp_path / "export"}, tmp_path)
-    want = np.load(commands.predict_command(pretrained_run, store, tmp_path / "pred")
-                   / "probabilities.npy")[:7]
-    assert len(outside) == 4
-    for key, got in outside.items():
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=key)
+    assert_exports_give_predicts_probabilities("resnet18", pretrained_run, store, tmp_path, 7)
 
 
 def test_sigkill_mid_run_then_resume_is_exact(store, weights_file, pretrained_run, tmp_path,

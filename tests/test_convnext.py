@@ -10,6 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_logits_and_statistics, assert_same_training_step,
+                             assert_same_variables, count, forward, images, initial_variables,
+                             logits_of, mean_square)
 from test_weights import assert_reference_logits, reference_param_count
 
 from hpajax import config as config_lib
@@ -21,34 +25,12 @@ TINY = dict(depths=(1, 2, 1, 1), widths=(8, 16, 24, 32))
 SIZE = 32
 
 
-def abstract_init(net: convnext.ConvNeXt, shape: tuple[int, ...]) -> dict:
-    """Shapes and dtypes of ``net``'s variables for inputs of ``shape`` (nothing compiles)."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def images(batch: int = 2, channels: int = 4, seed: int = 0) -> jax.Array:
-    return jax.random.uniform(jax.random.key(seed), (batch, SIZE, SIZE, channels))
-
-
-def logits_of(net, variables, x, train, **rngs) -> np.ndarray:
-    """``net``'s logits, in training as the trainer calls it (mutable batch_stats)."""
-    if not train:
-        return np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x))
-    return np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"],
-                                                     rngs=rngs)[0])(variables, x))
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """The small float32 model (torchvision's drop_path 0.1), its input and variables."""
     net = convnext.ConvNeXt(**TINY)
-    x = images()
-    return net, x, jax.jit(lambda x: net.init(jax.random.key(1), x, train=False))(x)
+    x = images(2, SIZE)
+    return net, x, initial_variables(net, x)
 
 
 def test_param_count_matches_torchvision():
@@ -122,63 +104,41 @@ def test_output_shape_and_no_batch_stats(tiny, train):
     batch_stats come back empty."""
     net, x, variables = tiny
     assert set(variables) == {"params"}
-    logits, updates = jax.jit(lambda v, x: net.apply(v, x, train=train, mutable=["batch_stats"]))(
-        variables, x)
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    assert np.isfinite(logits).all()
-    assert dict(updates) == {}
+    assert_logits_and_statistics(*forward(net, variables, x, train), variables, train)
 
 
 def test_bfloat16_keeps_float32_params_and_logits():
-    net = convnext.ConvNeXt(**TINY, dtype=jnp.bfloat16)
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-    logits, state = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                               capture_intermediates=True), variables, x)
+    """Traced: float32 params (no other collection) and logits; bfloat16 blocks and their
+    LayerNorms; the head's LayerNorm on the pooled features in float32."""
+    variables = assert_float32_state(
+        convnext.ConvNeXt(**TINY, dtype=jnp.bfloat16), (2, SIZE, SIZE, 4), True,
+        {"features3_1": jnp.bfloat16, "features3_1/norm": jnp.bfloat16,
+         "classifier_norm": jnp.float32})
     assert set(variables) == {"params"}
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    assert logits.dtype == jnp.float32
-    out = state["intermediates"]
-    assert out["features3_1"]["__call__"][0].dtype == jnp.bfloat16
-    assert out["features3_1"]["norm"]["__call__"][0].dtype == jnp.bfloat16
-    assert out["classifier_norm"]["__call__"][0].dtype == jnp.float32  # pooled, in float32
 
 
 def test_remat_matches_plain(tiny):
-    """Same variables, eval logits, training gradients (stochastic depth drawing from the
-    same rng) with and without remat."""
+    """Same variables, eval logits, and training loss, logits and gradients (stochastic
+    depth drawing from the same rng) with and without remat."""
     net, x, variables = tiny
     remat = convnext.ConvNeXt(**TINY, remat=True)
-    assert jax.tree.structure(abstract_init(remat, x.shape)) == jax.tree.structure(variables)
+    assert_same_variables(remat, variables, x.shape)
     np.testing.assert_allclose(logits_of(remat, variables, x, False),
                                logits_of(net, variables, x, False), rtol=1e-5, atol=1e-6)
-
-    def train_grads(model):
-        def loss(params, x):
-            logits, _ = model.apply({"params": params}, x, train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": jax.random.key(3)})
-            return jnp.mean(logits ** 2)
-        return jax.jit(jax.grad(loss))(variables["params"], x)
-
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
-                 train_grads(remat), train_grads(net))
+    assert_same_training_step(net, remat, variables, x, rtol=1e-4, atol=1e-7, loss=mean_square,
+                              rngs={"dropout": jax.random.key(3)})
 
 
 @pytest.mark.parametrize("kw", [dict(drop_path=0.5), dict(drop_path=0.0, dropout=0.5)])
 def test_stochastic_depth_and_dropout_draw_only_with_an_rng_in_training(tiny, kw):
-    """No BatchNorm: without a draw, training logits are the eval logits, bit for bit."""
+    """No BatchNorm: without a draw (eval, or training without an rng), the rate-0 model's
+    eval logits, bit for bit; training with an rng draws others, different for two rngs."""
     _, x, variables = tiny
     # Layer scales of 1 make the residual branches matter.
     params = {k: ({**v, "layer_scale": jnp.ones_like(v["layer_scale"])} if "layer_scale" in v
                   else v) for k, v in variables["params"].items()}
-    variables = {"params": params}
-    net = convnext.ConvNeXt(**TINY, **kw)
-    deterministic = logits_of(net, variables, x, False)
-    np.testing.assert_array_equal(logits_of(net, variables, x, True), deterministic)
-    drawn = [logits_of(net, variables, x, True, dropout=jax.random.key(seed)) for seed in (2, 3)]
-    assert not np.allclose(drawn[0], deterministic)
-    assert not np.allclose(drawn[0], drawn[1])
+    assert_draws_only_with_rng(convnext.ConvNeXt(**TINY, drop_path=0.0),
+                               convnext.ConvNeXt(**TINY, **kw), {"params": params}, x)
 
 
 def test_block_drops_whole_samples_and_rescales_the_rest():

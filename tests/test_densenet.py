@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_logits_and_statistics, assert_same_training_step,
+                             assert_same_variables, count, forward, images, initial_variables,
+                             logits_of, mean_square)
 
-from hpajax import models
 from hpajax.models import densenet
 
 TORCHVISION_DENSENET121_PARAMS = 7_978_856  # sum(p.numel() for p in densenet121().parameters())
@@ -20,17 +23,7 @@ SIZE = 36
 
 def shapes(channels: int, num_classes: int, **kw) -> dict:
     """DenseNet-121's variables as shapes (traced, nothing compiles)."""
-    net = densenet.DenseNet(num_classes=num_classes, **kw)
-    x = jax.ShapeDtypeStruct((1, 224, 224, channels), jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def total(tree) -> int:
-    return sum(models.param_counts(tree).values())
-
-
-def images(batch: int = 2, channels: int = 4, seed: int = 0) -> jax.Array:
-    return jax.random.uniform(jax.random.key(seed), (batch, SIZE, SIZE, channels))
+    return abstract_init(densenet.DenseNet(num_classes=num_classes, **kw), (1, 224, 224, channels))
 
 
 def numpy_max_pool(a: np.ndarray) -> np.ndarray:
@@ -45,23 +38,23 @@ def numpy_max_pool(a: np.ndarray) -> np.ndarray:
 def tiny():
     """The tiny float32 model, its input and its initial variables."""
     net = densenet.DenseNet(**TINY)
-    x = images()
-    return net, x, jax.jit(lambda x: net.init(jax.random.key(1), x, train=False))(x)
+    x = images(2, SIZE)
+    return net, x, initial_variables(net, x)
 
 
 def test_param_count_matches_torchvision():
     """3 channels, 1000 classes: torchvision's count. 4 channels, 28 classes:
     conv0 gains one input channel, the classifier loses 972 outputs."""
-    assert total(shapes(3, 1000)["params"]) == TORCHVISION_DENSENET121_PARAMS
-    assert total(shapes(4, 28)["params"]) == (TORCHVISION_DENSENET121_PARAMS + 7 * 7 * 1 * 64
+    assert count(shapes(3, 1000)["params"]) == TORCHVISION_DENSENET121_PARAMS
+    assert count(shapes(4, 28)["params"]) == (TORCHVISION_DENSENET121_PARAMS + 7 * 7 * 1 * 64
                                               + 1024 * (28 - 1000) + (28 - 1000))
 
 
 def test_densenet169_param_count_matches_torchvision():
     """Its blocks of 6, 12, 32 and 32 layers end at 1,664 features (1,024 for -121)."""
     variant = densenet.VARIANTS["densenet169"]
-    assert total(shapes(3, 1000, **variant)["params"]) == TORCHVISION_DENSENET169_PARAMS
-    assert total(shapes(4, 28, **variant)["params"]) == (
+    assert count(shapes(3, 1000, **variant)["params"]) == TORCHVISION_DENSENET169_PARAMS
+    assert count(shapes(4, 28, **variant)["params"]) == (
         TORCHVISION_DENSENET169_PARAMS + 7 * 7 * 1 * 64 + 1664 * (28 - 1000) + (28 - 1000))
 
 
@@ -98,7 +91,7 @@ def test_feature_widths_and_names_follow_torchvision():
                  if path[-1].key == "scale"}
     assert {path[:-1]: leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(stats)
             if path[-1].key == "mean"} == bn_scales
-    assert total(stats) == 2 * sum(shape[0] for shape in bn_scales.values())
+    assert count(stats) == 2 * sum(shape[0] for shape in bn_scales.values())
 
 
 def test_init_follows_torchvision(tiny):
@@ -120,63 +113,33 @@ def test_init_follows_torchvision(tiny):
 
 @pytest.mark.parametrize("train", [False, True])
 def test_output_shape_and_dtype(tiny, train):
+    """Finite float32 [2, 28] logits; every running statistic moves in training only."""
     net, x, variables = tiny
-    logits, updates = jax.jit(lambda v, x: net.apply(v, x, train=train, mutable=["batch_stats"]))(
-        variables, x)
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    assert np.isfinite(logits).all()
-    changed = not np.array_equal(updates["batch_stats"]["norm5"]["mean"],
-                                 variables["batch_stats"]["norm5"]["mean"])
-    assert changed == train  # the running statistics move in training only
+    assert_logits_and_statistics(*forward(net, variables, x, train), variables, train)
 
 
 def test_bfloat16_keeps_float32_params_and_statistics():
-    net = densenet.DenseNet(**TINY, dtype=jnp.bfloat16)
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-    logits, state = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                               capture_intermediates=True), variables, x)
-    for tree in (variables, state["batch_stats"]):
-        assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
-    assert logits.dtype == jnp.float32
-    assert state["intermediates"]["denseblock2"]["__call__"][0].dtype == jnp.bfloat16
+    """Traced: float32 logits, variables and updated statistics; bfloat16 blocks."""
+    assert_float32_state(densenet.DenseNet(**TINY, dtype=jnp.bfloat16), (2, SIZE, SIZE, 4),
+                         True, {"denseblock2": jnp.bfloat16})
 
 
 def test_remat_matches_plain(tiny):
-    """Same variables, eval logits, training gradients and statistics with and without remat."""
+    """Same variables, eval logits, and training loss, logits, gradients and statistics
+    with and without remat."""
     net, x, variables = tiny
     remat = densenet.DenseNet(**TINY, remat=True)
-    remat_variables = jax.eval_shape(lambda x: remat.init(jax.random.key(1), x, train=False), x)
-    assert jax.tree.structure(remat_variables) == jax.tree.structure(variables)
-
-    def eval_logits(model):
-        return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-
-    def train_grads(model):
-        def loss(params, x):
-            logits, updates = model.apply({**variables, "params": params}, x, train=True,
-                                          mutable=["batch_stats"])
-            return jnp.mean(logits ** 2), updates
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"], x)
-
-    np.testing.assert_allclose(eval_logits(remat), eval_logits(net), rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 train_grads(remat), train_grads(net))
+    assert_same_variables(remat, variables, x.shape)
+    np.testing.assert_allclose(logits_of(remat, variables, x, False),
+                               logits_of(net, variables, x, False), rtol=1e-5, atol=1e-6)
+    assert_same_training_step(net, remat, variables, x, rtol=1e-4, atol=1e-6, loss=mean_square)
 
 
 def test_dropout_only_in_training(tiny):
+    """Dropout 0.5: the plain model's logits, bit for bit, in eval and in training without
+    a dropout rng; training with one draws (differently for two rngs)."""
     net, x, variables = tiny
-    dropped = densenet.DenseNet(**TINY, dropout=0.5)
-    eval_logits = [jax.jit(lambda v, x, m=m: m.apply(v, x, train=False))(variables, x)
-                   for m in (net, dropped)]
-    np.testing.assert_array_equal(eval_logits[1], eval_logits[0])
-
-    def train_logits(model, **rngs):
-        return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                                rngs=rngs)[0])(variables, x)
-
-    assert not np.allclose(train_logits(dropped, dropout=jax.random.key(2)), train_logits(net))
+    assert_draws_only_with_rng(net, densenet.DenseNet(**TINY, dropout=0.5), variables, x)
 
 
 def test_concatenation_and_pools_against_numpy(tiny):

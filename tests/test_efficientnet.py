@@ -6,6 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_logits_and_statistics, assert_same_training_step,
+                             assert_same_variables, count, forward, images, logits_of,
+                             mean_square)
 from test_weights import (assert_reference_logits, reference_param_count, seeded_state_dict,
                           torchvision_names_shapes, zero_variables)
 
@@ -29,8 +33,7 @@ def b4(**kw) -> efficientnet.EfficientNet:
 
 def shapes(net, channels: int = 4, batch: int = 1) -> dict:
     """The model's variables as shapes (traced, nothing compiles)."""
-    x = jax.ShapeDtypeStruct((batch, SIZE, SIZE, channels), jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
+    return abstract_init(net, (batch, SIZE, SIZE, channels))
 
 
 def drawn_variables(net, seed: int = 0) -> dict:
@@ -51,21 +54,13 @@ def drawn_variables(net, seed: int = 0) -> dict:
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), drawn)
 
 
-def total(tree) -> int:
-    return sum(models.param_counts(tree).values())
-
-
-def images(batch: int = 2, channels: int = 4, seed: int = 0) -> jax.Array:
-    return jax.random.uniform(jax.random.key(seed), (batch, SIZE, SIZE, channels))
-
-
 @pytest.fixture(scope="module")
 def b0_32px():
     """B0 at 32 px with 4 channels, its input and drawn variables. The tests run it
     op by op (no jit): after the first call each op's program is cached, and a whole
     B0's compilation costs more than its run."""
     net = b0()
-    return net, images(), drawn_variables(net)
+    return net, images(2, SIZE), drawn_variables(net)
 
 
 @pytest.mark.parametrize("name, make", [("efficientnet_b0", b0), ("efficientnet_b4", b4)])
@@ -73,9 +68,9 @@ def test_param_count_matches_torchvision(name, make):
     """3 channels, 1000 classes: torch's count. 4 channels, 28 classes: the stem
     gains one input channel, the classifier loses 972 outputs."""
     expected = reference_param_count(name)
-    assert total(shapes(make(num_classes=1000), channels=3)["params"]) == expected
+    assert count(shapes(make(num_classes=1000), channels=3)["params"]) == expected
     stem, last = {"efficientnet_b0": (32, 1280), "efficientnet_b4": (48, 1792)}[name]
-    assert total(shapes(make())["params"]) == (expected + 3 * 3 * 1 * stem
+    assert count(shapes(make())["params"]) == (expected + 3 * 3 * 1 * stem
                                                + (last + 1) * (28 - 1000))
 
 
@@ -137,26 +132,16 @@ def test_a_new_head_and_a_yellow_stem_import():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_output_shape_and_dtype(b0_32px, train):
+    """Finite float32 [2, 28] logits; every running statistic moves in training only."""
     net, x, variables = b0_32px
-    logits, updates = net.apply(variables, x, train=train, mutable=["batch_stats"])
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    assert np.isfinite(logits).all()
-    changed = not np.array_equal(updates["batch_stats"]["last_bn"]["mean"],
-                                 variables["batch_stats"]["last_bn"]["mean"])
-    assert changed == train  # the running statistics move in training only
+    logits, updates = forward(net, variables, x, train, jit=False)
+    assert_logits_and_statistics(logits, updates, variables, train)
 
 
 def test_bfloat16_keeps_float32_params_and_statistics():
-    net = b0(dtype=jnp.bfloat16)
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    variables = shapes(net, batch=2)
-    logits, state = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                               capture_intermediates=True), variables, x)
-    for tree in (variables, state["batch_stats"]):
-        assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
-    assert logits.dtype == jnp.float32
-    assert state["intermediates"]["stage4_1"]["__call__"][0].dtype == jnp.bfloat16
+    """Traced: float32 logits, variables and updated statistics; bfloat16 blocks."""
+    assert_float32_state(b0(dtype=jnp.bfloat16), (2, SIZE, SIZE, 4), True,
+                         {"stage4_1": jnp.bfloat16})
 
 
 def test_init_follows_torchvision():
@@ -176,44 +161,33 @@ def test_init_follows_torchvision():
 
 
 def test_remat_matches_plain():
-    """Same variables, eval logits, stochastic depth draws, training gradients and
-    statistics with and without remat (on TINY: the gradients compile)."""
+    """Same variables, eval logits, stochastic depth draws, and training loss, logits,
+    gradients and statistics with and without remat (on TINY: the gradients compile)."""
     net, remat = efficientnet.EfficientNet(**TINY), efficientnet.EfficientNet(**TINY, remat=True)
-    x, variables = images(), drawn_variables(net)
-    assert jax.tree.structure(shapes(remat)) == jax.tree.structure(variables)
-    np.testing.assert_allclose(remat.apply(variables, x, train=False),
-                               net.apply(variables, x, train=False), rtol=1e-5, atol=1e-6)
-    drawn = [model.clone(drop_path=0.5).apply(variables, x, train=True, mutable=["batch_stats"],
-                                              rngs={"dropout": jax.random.key(2)})[0]
+    x, variables = images(2, SIZE), drawn_variables(net)
+    assert_same_variables(remat, variables, x.shape)
+    np.testing.assert_allclose(logits_of(remat, variables, x, False, jit=False),
+                               logits_of(net, variables, x, False, jit=False),
+                               rtol=1e-5, atol=1e-6)
+    rngs = {"dropout": jax.random.key(2)}
+    drawn = [logits_of(model.clone(drop_path=0.5), variables, x, True, rngs, jit=False)
              for model in (net, remat)]
     np.testing.assert_allclose(*drawn, rtol=1e-5, atol=1e-6)
-
-    def train_grads(model):
-        def loss(params, x):
-            logits, updates = model.apply({**variables, "params": params}, x, train=True,
-                                          mutable=["batch_stats"])
-            return jnp.mean(logits ** 2), updates
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"], x)
-
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 train_grads(remat), train_grads(net))
+    assert_same_training_step(net, remat, variables, x, rtol=1e-4, atol=1e-6, loss=mean_square)
 
 
 def test_dropout_and_stochastic_depth_draw_only_in_training_with_an_rng(b0_32px):
     """Eval logits ignore both rates and the rng; training without an rng (BatchNorm
-    recalibration) is deterministic; with one, dropout alone or stochastic depth alone
-    changes the logits."""
+    recalibration) gives the rate-0 model's logits, bit for bit; with one, both change
+    the logits (differently for two rngs), and so do dropout alone and stochastic depth
+    alone."""
     _, x, variables = b0_32px
-    plain, both = b0(drop_path=0.0), b0(dropout=0.5, drop_path=0.5)
-    rng = {"dropout": jax.random.key(2)}
-
-    def logits(model, train, **rngs):
-        return model.apply(variables, x, train=train, mutable=["batch_stats"], rngs=rngs)[0]
-
-    np.testing.assert_array_equal(logits(both, False, **rng), logits(plain, False))
-    np.testing.assert_array_equal(logits(both, True), logits(plain, True))
+    plain = b0(drop_path=0.0)
+    assert_draws_only_with_rng(plain, b0(dropout=0.5, drop_path=0.5), variables, x, jit=False)
+    plain_train = logits_of(plain, variables, x, True, jit=False)
     for model in (b0(dropout=0.5, drop_path=0.0), b0(drop_path=0.5)):
-        assert not np.allclose(logits(model, True, **rng), logits(plain, True))
+        drawn = logits_of(model, variables, x, True, {"dropout": jax.random.key(2)}, jit=False)
+        assert np.abs(drawn - plain_train).max() > 1e-3
 
 
 def test_stochastic_depth_drops_whole_residual_branches(b0_32px):

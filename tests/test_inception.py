@@ -14,6 +14,10 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_logits_and_statistics, assert_same_training_step,
+                             assert_same_variables, count, forward, images, remat_checkpoints,
+                             traced_forward)
 from test_weights import (assert_reference_logits, reference_param_count, seeded_state_dict,
                           torchvision_names_shapes, zero_variables)
 
@@ -30,33 +34,15 @@ TORCH_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias",
                 "mean": "running_mean", "var": "running_var"}
 
 
-def images(batch: int, size: int, channels: int = 4, seed: int = 0) -> jax.Array:
-    """Random float32 images in [-1, 1], as the "inception" normalization gives."""
-    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels), minval=-1)
-
-
 def shapes(net: inception.Inception3, channels: int, side: int = SIZE) -> dict:
     """Shapes and dtypes of ``net``'s variables (nothing compiles)."""
-    x = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def count(tree) -> int:
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+    return abstract_init(net, (1, side, side, channels))
 
 
 def reference_keys() -> dict[str, tuple[int, ...]]:
     """The reference's state-dict keys and shapes but num_batches_tracked's."""
     return {key: shape for key, shape in torchvision_names_shapes(NAME)
             if not key.endswith("num_batches_tracked")}
-
-
-def apply(net, variables, x, train: bool, **rngs):
-    """Compiled logits and batch statistics (updated in training)."""
-    def forward(v, x, r):
-        logits, state = net.apply(v, x, train=train, mutable=["batch_stats"], rngs=r)
-        return logits, state["batch_stats"]
-    return jax.jit(forward)(variables, x, rngs)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +74,8 @@ def variables(imported) -> dict:
 
 @pytest.fixture(scope="module")
 def x() -> jax.Array:
-    return images(2, SIZE)
+    """Random images in [-1, 1], as the "inception" normalization gives."""
+    return images(2, SIZE, minval=-1.0)
 
 
 def test_param_count_is_torchvisions_without_the_auxiliary_head():
@@ -148,43 +135,26 @@ def test_four_channels_import_skips_the_classifiers(state, imported):
                                (rgb[:, :, 0] + rgb[:, :, 1]) / 2, rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def outputs(net, variables, x) -> dict[bool, tuple[jax.Array, dict]]:
-    """train -> the plain model's logits and batch statistics."""
-    return {train: apply(net, variables, x, train) for train in (False, True)}
-
-
 @pytest.mark.parametrize("train", [False, True])
-def test_output_shape_and_dtype(outputs, variables, train):
-    logits, stats = outputs[train]
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    assert np.isfinite(logits).all() and np.abs(logits).max() > 0.1
-    changed = not np.array_equal(stats["Mixed_7c"]["branch_pool"]["bn"]["mean"],
-                                 variables["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["mean"])
-    assert changed == train  # the running statistics move in training only
+def test_output_shape_and_dtype(net, variables, x, train):
+    """Finite float32 [2, 28] logits, not all near 0; every running statistic moves in
+    training only."""
+    logits, updates = forward(net, variables, x, train)
+    assert_logits_and_statistics(logits, updates, variables, train)
+    assert np.abs(logits).max() > 0.1
 
 
 def test_bfloat16_keeps_float32_params_and_statistics():
-    net = inception.Inception3(dtype=jnp.bfloat16)
-    variables = shapes(net, 4)
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    logits, state = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                               capture_intermediates=True), variables, x)
-    for tree in (variables, state["batch_stats"]):
-        assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
-    assert logits.dtype == jnp.float32
-    assert state["intermediates"]["Mixed_6b"]["__call__"][0].dtype == jnp.bfloat16
+    """Traced: float32 logits, variables and updated statistics; bfloat16 blocks."""
+    assert_float32_state(inception.Inception3(dtype=jnp.bfloat16), (2, SIZE, SIZE, 4), True,
+                         {"Mixed_6b": jnp.bfloat16})
 
 
 def test_block_shapes_follow_torchvision_at_299_px():
     """torchvision's comments at 299 px: 35, 17 and 8 px after the stem and the two
     stride-2 blocks, 256/288/288, 768 and 1280/2048/2048 channels."""
     net = inception.Inception3()
-    x = jax.ShapeDtypeStruct((1, 299, 299, 4), jnp.float32)
-    _, state = jax.eval_shape(lambda v, x: net.apply(
-        v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
-        shapes(net, 4, 299), x)
+    _, _, state = traced_forward(net, (1, 299, 299, 4))
     out = {name: tree["__call__"][0].shape for name, tree in state["intermediates"].items()
            if "__call__" in tree}
     assert out["Conv2d_1a_3x3"] == (1, 149, 149, 32)
@@ -217,54 +187,32 @@ def test_branch_pools_are_torchs():
 
 
 def test_remat_same_values_and_gradients(variables):
-    """``remat=True`` wraps each Inception block in a checkpoint and keeps the variables,
-    training logits, gradients and statistics, at 80 px. The values on six blocks,
+    """``remat=True`` wraps each Inception block in a checkpoint and keeps the variables
+    and a training step's loss, logits (to 1e-6), gradients and statistics (to 1e-4 of
+    each array's largest magnitude), at 80 px. The values on six blocks,
     one or two of each kind (half the compilation of all eleven), named and shaped as the
     full model's, so that they take its variables."""
     names = ("Mixed_5b", "Mixed_5c", "Mixed_6a", "Mixed_6b", "Mixed_7a", "Mixed_7b")
     blocks = tuple(block for block in inception.MIXED if block[0] in names)
     plain, remat = (inception.Inception3(blocks=blocks, remat=r) for r in (False, True))
-    x = images(2, 80, seed=1)
+    x = images(2, 80, seed=1, minval=-1.0)
     variables = {collection: {name: tree for name, tree in variables[collection].items()
                               if not name.startswith("Mixed_") or name in names}
                  for collection in variables}
-    assert jax.tree.structure(shapes(remat, 4)) == jax.tree.structure(shapes(plain, 4))
-    assert jax.tree.structure(shapes(plain, 4)) == jax.tree.structure(variables)
-
-    def checkpoints(net):
-        x = jax.ShapeDtypeStruct((1, 80, 80, 4), jnp.float32)
-        jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(shapes(net, 4), x)
-        return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
-                   for eqn in jaxpr.jaxpr.eqns)
-
-    assert (checkpoints(inception.Inception3(remat=True)), checkpoints(plain)) == (11, 0)
-
-    def grads(net):
-        def loss(params):
-            logits, updates = net.apply({**variables, "params": params}, x, train=True,
-                                        mutable=["batch_stats"])
-            return jnp.sum(logits * jnp.arange(28.0) / 28), (logits, updates["batch_stats"])
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-
-    def close(got, want):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-    (g_remat, (logits_remat, s_remat)), (g_plain, (logits_plain, s_plain)) = (
-        grads(remat), grads(plain))
-    np.testing.assert_allclose(logits_remat, logits_plain, rtol=1e-6, atol=1e-6)
-    jax.tree.map(close, g_remat, g_plain)
-    jax.tree.map(close, s_remat, s_plain)
+    for net in (plain, remat):
+        assert_same_variables(net, variables, x.shape)
+    shape = jax.ShapeDtypeStruct((1, 80, 80, 4), jnp.float32)
+    assert [remat_checkpoints(net, shapes(net, 4), shape)
+            for net in (inception.Inception3(remat=True), plain)] == [11, 0]
+    remat_step, plain_step = assert_same_training_step(plain, remat, variables, x, rtol=1e-4)
+    np.testing.assert_allclose(remat_step.logits, plain_step.logits, rtol=1e-6, atol=1e-6)
 
 
-def test_dropout_draws_only_in_training_with_an_rng(outputs, variables, x):
-    """Dropout 0.5 is the identity in eval mode and in training without a "dropout" rng
-    (BatchNorm recalibration), and draws with one."""
-    dropped = inception.Inception3(dropout=0.5)
-    plain_eval, plain_train = outputs[False][0], outputs[True][0]
-    np.testing.assert_array_equal(apply(dropped, variables, x, False)[0], plain_eval)
-    np.testing.assert_array_equal(apply(dropped, variables, x, True)[0], plain_train)
-    drawn = apply(dropped, variables, x, True, dropout=jax.random.key(0))[0]
-    assert np.abs(drawn - plain_train).max() > 1e-3
+def test_dropout_draws_only_in_training_with_an_rng(net, variables, x):
+    """Dropout 0.5 is the identity in eval mode (with a "dropout" rng or without) and in
+    training without one (BatchNorm recalibration), and draws with one (differently for
+    two rngs)."""
+    assert_draws_only_with_rng(net, inception.Inception3(dropout=0.5), variables, x)
 
 
 def test_init_is_torchvisions():
@@ -272,7 +220,7 @@ def test_init_is_torchvisions():
     on the stem alone (no Inception blocks), which is quick to compile."""
     net = inception.Inception3(blocks=())
     params = jax.jit(lambda x: net.init(jax.random.key(1), x, train=False))(
-        images(1, 80))["params"]
+        images(1, 80, minval=-1.0))["params"]
     for kernel in (params["Conv2d_4a_3x3"]["conv"]["kernel"], params["fc"]["kernel"]):
         kernel = np.asarray(kernel)
         assert abs(kernel.std() / 0.1 - 1) < 0.05

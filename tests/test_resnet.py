@@ -10,6 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_same_training_step, assert_same_variables, count, forward,
+                             images, initial_variables, logits_of, remat_checkpoints,
+                             traced_forward)
 
 from hpajax import models
 from hpajax.models import resnet
@@ -22,21 +26,6 @@ SIZE = 32  # small input for the compiled checks: layer4 comes out 1x1
 def variant(name: str, **kwargs) -> resnet.ResNet:
     stage_sizes, bottleneck = resnet.VARIANTS[name]
     return resnet.ResNet(stage_sizes=stage_sizes, bottleneck=bottleneck, **kwargs)
-
-
-def images(batch: int, size: int, channels: int = 4, seed: int = 0) -> jax.Array:
-    """Random float32 images in [0, 1]."""
-    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels))
-
-
-def abstract_init(net: resnet.ResNet, shape: tuple[int, ...]) -> dict:
-    """Shapes and dtypes of ``net``'s variables for inputs of ``shape`` (nothing compiles)."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +41,8 @@ def x() -> jax.Array:
 @pytest.fixture(scope="module")
 def variables18(net18, x) -> dict:
     """ResNet-18 variables with non-trivial running statistics (after one training step)."""
-    variables = jax.jit(lambda x: net18.init(jax.random.key(1), x, train=False))(x)
-    _, updates = jax.jit(lambda v, x: net18.apply(v, x, train=True, mutable=["batch_stats"]))(
-        variables, x)
+    variables = initial_variables(net18, x)
+    _, updates = forward(net18, variables, x, train=True)
     return {"params": variables["params"], "batch_stats": updates["batch_stats"]}
 
 
@@ -96,26 +84,14 @@ def test_names_follow_torchvision_state_dict():
 @pytest.mark.parametrize("train", [False, True])
 def test_output_shape_and_dtype(dtype, train):
     """4 channels, batch 2: float32 logits, params and statistics; computation in ``dtype``."""
-    net = variant("resnet18", dtype=dtype)
-    variables = abstract_init(net, (2, SIZE, SIZE, 4))
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    logits, updates = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=train, capture_intermediates=True,
-                               mutable=["batch_stats", "intermediates"]), variables, x)
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    for collection in (variables["params"], variables["batch_stats"], updates["batch_stats"]):
-        assert {leaf.dtype for leaf in jax.tree.leaves(collection)} == {jnp.dtype(jnp.float32)}
-    assert updates["intermediates"]["layer4_1"]["__call__"][0].dtype == dtype
+    assert_float32_state(variant("resnet18", dtype=dtype), (2, SIZE, SIZE, 4), train,
+                         {"layer4_1": dtype})
 
 
 @pytest.mark.parametrize("side", [32, 33, 34, 35])
 def test_stem_sides_match_torch(side):
     """Conv 7x7/2 pad 3 and max-pool 3x3/2 pad 1 give torch's floor((n + 2p - k) / s) + 1."""
-    net = variant("resnet18")
-    variables = abstract_init(net, (1, side, side, 4))
-    x = jax.ShapeDtypeStruct((1, side, side, 4), jnp.float32)
-    _, state = jax.eval_shape(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True,
-                                                     mutable=["intermediates"]), variables, x)
+    _, _, state = traced_forward(variant("resnet18"), (1, side, side, 4))
     conv_side = (side + 2 * 3 - 7) // 2 + 1
     pool_side = (conv_side + 2 * 1 - 3) // 2 + 1
     assert state["intermediates"]["conv1"]["__call__"][0].shape == (1, conv_side, conv_side, 64)
@@ -163,7 +139,9 @@ def test_conv_init_is_torchvision_kaiming_normal(variables18):
 
 
 def test_remat_same_values_and_gradients():
-    """``remat=True`` keeps the variables' structure, logits, gradients and statistics.
+    """``remat=True`` keeps the variables (names, shapes, dtypes), wraps each block in a
+    checkpoint, and keeps the eval logits and a training step's loss, logits, gradients
+    and statistics.
 
     On a ResNet of one basic block per stage (the blocks are what remat wraps; half
     of ResNet-18's to compile) and 8 images: training-mode BatchNorm
@@ -174,54 +152,19 @@ def test_remat_same_values_and_gradients():
     """
     plain, remat = (resnet.ResNet(stage_sizes=(1, 1, 1, 1), remat=r) for r in (False, True))
     x = images(8, SIZE, seed=1)
-    variables = jax.jit(lambda x: plain.init(jax.random.key(1), x, train=False))(x)
-    assert (jax.tree.structure(abstract_init(remat, x.shape))
-            == jax.tree.structure(abstract_init(plain, x.shape)))
-
-    def checkpoints(net):
-        """Top-level jax.checkpoint calls in the traced forward pass (one per block)."""
-        jaxpr = jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(variables, x)
-        return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
-                   for eqn in jaxpr.jaxpr.eqns)
-
-    assert (checkpoints(remat), checkpoints(plain)) == (4, 0)
-
-    def eval_logits(net):
-        return jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
-
-    np.testing.assert_allclose(eval_logits(remat), eval_logits(plain), rtol=1e-6, atol=1e-6)
-
-    def grads(net):
-        def loss(params):
-            logits, updates = net.apply({**variables, "params": params}, x, train=True,
-                                        mutable=["batch_stats"])
-            return jnp.sum(logits * jnp.arange(28.0) / 28), updates["batch_stats"]
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-
-    def close(got, want):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-    (g_remat, s_remat), (g_plain, s_plain) = grads(remat), grads(plain)
-    jax.tree.map(close, g_remat, g_plain)
-    jax.tree.map(close, s_remat, s_plain)
+    variables = initial_variables(plain, x)
+    assert_same_variables(remat, variables, x.shape)
+    assert [remat_checkpoints(net, variables, x) for net in (remat, plain)] == [4, 0]
+    np.testing.assert_allclose(logits_of(remat, variables, x, False),
+                               logits_of(plain, variables, x, False), rtol=1e-6, atol=1e-6)
+    assert_same_training_step(plain, remat, variables, x, rtol=1e-4)
 
 
 def test_dropout(net18, variables18, x):
-    """Dropout 0.5: eval is deterministic and dropout 0.0's; train with a dropout rng differs."""
-    dropped = variant("resnet18", dropout=0.5)
-    evaluate = jax.jit(lambda v, x: dropped.apply(v, x, train=False))
-    first = evaluate(variables18, x)
-    np.testing.assert_array_equal(first, evaluate(variables18, x))
-    np.testing.assert_allclose(first, jax.jit(lambda v, x: net18.apply(v, x, train=False))(
-        variables18, x), rtol=1e-6, atol=1e-6)
-
-    def train(net, key):
-        return jax.jit(lambda v, x, k: net.apply(v, x, train=True, mutable=["batch_stats"],
-                                                 rngs={"dropout": k})[0])(variables18, x, key)
-
-    plain = train(net18, jax.random.key(0))
-    assert np.all(np.isfinite(plain))
-    assert np.abs(train(dropped, jax.random.key(0)) - plain).max() > 1e-3
+    """Dropout 0.5: dropout 0.0's logits, bit for bit, in eval (with a dropout rng or without)
+    and in training without one; in training with one, finite logits that differ from them
+    and between two rngs."""
+    assert_draws_only_with_rng(net18, variant("resnet18", dropout=0.5), variables18, x)
 
 
 def test_from_config():

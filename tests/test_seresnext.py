@@ -5,13 +5,15 @@ Shapes are traced only (``jax.eval_shape``); the compiled checks besides the gol
 logits use one block per stage at 32 px.
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_same_training_step, count, images, initial_variables,
+                             remat_checkpoints, traced_forward)
 from test_weights import assert_reference_logits, reference_param_count
 
 from hpajax import models, steps
@@ -21,28 +23,13 @@ SIZE = 32  # small input for the compiled checks
 TINY = dict(stage_sizes=(1, 1))  # layer1_0 (stride 1, downsample) and layer2_0 (stride 2)
 
 
-def images(batch: int, size: int = SIZE, channels: int = 4, seed: int = 0) -> jax.Array:
-    """Random float32 images in [0, 1]."""
-    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels))
-
-
-def abstract_init(net: nn.Module, shape: tuple[int, ...]) -> dict:
-    """Shapes and dtypes of ``net``'s variables for inputs of ``shape`` (nothing compiles)."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
 @pytest.fixture(scope="module")
 def tiny() -> tuple[seresnext.SEResNeXt, jax.Array, dict]:
     """The two-block model, 8 images, and its initial variables but bn3's scale at 1 (at 0,
     timm's init, each block would start as its shortcut)."""
     net = seresnext.SEResNeXt(**TINY)
-    x = images(8, seed=1)
-    variables = jax.jit(lambda x: net.init(jax.random.key(1), x, train=False))(x)
+    x = images(8, SIZE, seed=1)
+    variables = initial_variables(net, x)
     flat = traverse_util.flatten_dict(variables["params"])
     flat = {k: jnp.ones_like(p) if k[-2:] == ("bn3", "scale") else p for k, p in flat.items()}
     return net, x, {**variables, "params": traverse_util.unflatten_dict(flat)}
@@ -122,10 +109,7 @@ def test_stem_pool_sides(side, timm_side, cadene_side):
     """The two stem pools agree in size at an even stem output (32, 34), not at 33."""
     for ceil_mode_pool, pooled in ((False, timm_side), (True, cadene_side)):
         net = seresnext.SEResNeXt(**TINY, ceil_mode_pool=ceil_mode_pool)
-        variables = abstract_init(net, (1, side, side, 4))
-        _, state = jax.eval_shape(lambda v, x: net.apply(
-            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
-            variables, jax.ShapeDtypeStruct((1, side, side, 4), jnp.float32))
+        _, _, state = traced_forward(net, (1, side, side, 4))
         block_input = state["intermediates"]["layer1_0"]["conv1"]["__call__"][0]
         assert block_input.shape == (1, pooled, pooled, 128)
 
@@ -134,16 +118,8 @@ def test_stem_pool_sides(side, timm_side, cadene_side):
 @pytest.mark.parametrize("train", [False, True])
 def test_output_shape_and_dtype(dtype, train):
     """4 channels, batch 2: float32 logits, params and statistics; computation in ``dtype``."""
-    net = seresnext.SEResNeXt(**TINY, dtype=dtype)
-    variables = abstract_init(net, (2, SIZE, SIZE, 4))
-    logits, updates = jax.eval_shape(
-        lambda v, x: net.apply(v, x, train=train, capture_intermediates=True,
-                               mutable=["batch_stats", "intermediates"]),
-        variables, jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32))
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    for collection in (variables["params"], variables["batch_stats"], updates["batch_stats"]):
-        assert {leaf.dtype for leaf in jax.tree.leaves(collection)} == {jnp.dtype(jnp.float32)}
-    assert updates["intermediates"]["layer2_0"]["se"]["__call__"][0].dtype == dtype
+    assert_float32_state(seresnext.SEResNeXt(**TINY, dtype=dtype), (2, SIZE, SIZE, 4), train,
+                         {"layer2_0/se": dtype})
 
 
 def test_init_is_timms():
@@ -159,44 +135,20 @@ def test_init_is_timms():
 
 
 def test_remat_same_values_and_gradients(tiny):
-    """``remat=True``: one checkpoint per block, the same logits, gradients and statistics."""
+    """``remat=True``: one checkpoint per block, the same loss, logits, gradients and
+    statistics in a training step."""
     net, x, variables = tiny
     remat = seresnext.SEResNeXt(**TINY, remat=True)
-
-    def checkpoints(model):
-        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
-        return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
-                   for eqn in jaxpr.jaxpr.eqns)
-
-    assert (checkpoints(remat), checkpoints(net)) == (2, 0)
-
-    def grads(model):
-        def loss(params):
-            logits, updates = model.apply({**variables, "params": params}, x, train=True,
-                                          mutable=["batch_stats"])
-            return jnp.sum(logits * jnp.arange(28.0) / 28), (logits, updates["batch_stats"])
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-
-    def close(got, want):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-    jax.tree.map(close, grads(remat), grads(net))  # logits, gradients and statistics
+    assert [remat_checkpoints(model, variables, x) for model in (remat, net)] == [2, 0]
+    assert_same_training_step(net, remat, variables, x, rtol=1e-5)
 
 
 def test_dropout(tiny):
-    """Dropout 0.5: deterministic in eval and in training without an rng; a training step
-    with a dropout rng differs."""
-    _, x, variables = tiny
-    net = seresnext.SEResNeXt(**TINY, dropout=0.5)
-    apply = jax.jit(lambda v, x, rngs, train: net.apply(v, x, train=train, rngs=rngs,
-                                                        mutable=["batch_stats"])[0],
-                    static_argnames="train")
-    key = {"dropout": jax.random.key(0)}
-    np.testing.assert_array_equal(apply(variables, x, {}, False),
-                                  apply(variables, x, key, False))
-    no_rng = apply(variables, x, {}, True)
-    np.testing.assert_array_equal(no_rng, apply(variables, x, {}, True))
-    assert np.abs(apply(variables, x, key, True) - no_rng).max() > 1e-3
+    """Dropout 0.5: the plain model's logits, bit for bit, in eval (with a dropout rng or
+    without) and in training without an rng; a training step with a dropout rng differs
+    from them, and between two rngs."""
+    net, x, variables = tiny
+    assert_draws_only_with_rng(net, seresnext.SEResNeXt(**TINY, dropout=0.5), variables, x)
 
 
 def test_from_config():

@@ -6,13 +6,14 @@ logits run both variants at 64 px (a 4x4 grid, 17 tokens); the other compiled
 checks use a three-block ViT of width 32 at 32 px (a 2x2 grid).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from backbone_checks import (abstract_init, assert_draws_only_with_rng, assert_float32_state,
+                             assert_logits_and_statistics, assert_same_training_step, count,
+                             forward, images, initial_variables, remat_checkpoints)
 from conftest import DATA
 from test_weights import (assert_reference_logits, reference_param_count, seeded_state_dict,
                           torchvision_names_shapes, zero_variables)
@@ -25,26 +26,12 @@ TINY = dict(embed_dim=32, depth=3, num_heads=2)  # the blocks of ViT-S, narrow a
 RESAMPLE = DATA / "pos_embed_resample.npz"  # timm's resizes (experiments/pos_embed_reference.py)
 
 
-def images(batch: int = 2, side: int = SIZE, channels: int = 4, seed: int = 0) -> jax.Array:
-    return jax.random.uniform(jax.random.key(seed), (batch, side, side, channels))
-
-
-def abstract_init(net: vit.VisionTransformer, shape: tuple[int, ...]) -> dict:
-    """Shapes and dtypes of ``net``'s variables for inputs of ``shape`` (nothing compiles)."""
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
-
-
-def count(tree) -> int:
-    return sum(models.param_counts(tree).values())
-
-
 @pytest.fixture(scope="module")
 def tiny() -> tuple[vit.VisionTransformer, jax.Array, dict]:
     """The tiny model, 8 images and its initial variables."""
     net = vit.VisionTransformer(**TINY)
-    x = images(8)
-    return net, x, jax.jit(lambda x: net.init(jax.random.key(1), x, train=False))(x)
+    x = images(8, SIZE)
+    return net, x, initial_variables(net, x)
 
 
 @pytest.mark.parametrize("name", sorted(vit.VARIANTS))
@@ -155,26 +142,20 @@ def test_input_sides_must_be_multiples_of_the_patch():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_output_shape_and_dtype(tiny, train):
-    """4 channels at 32 px (a 2x2 grid): float32 [8, 28], finite, in both modes."""
+    """4 channels at 32 px (a 2x2 grid): float32 [8, 28], finite, in both modes; no
+    statistics to update."""
     net, x, variables = tiny
-    logits = jax.jit(lambda v, x: net.apply(v, x, train=train,
-                                            rngs={"dropout": jax.random.key(1)}))(variables, x)
-    assert logits.shape == (8, 28) and logits.dtype == jnp.float32
-    assert np.all(np.isfinite(logits))
+    logits, updates = forward(net, variables, x, train, {"dropout": jax.random.key(1)})
+    assert logits.shape == (8, 28)
+    assert_logits_and_statistics(logits, updates, variables, train)
 
 
 def test_bfloat16_keeps_float32_params():
     """ViT-S in bfloat16, 4 channels at 32 px: float32 params, bfloat16 blocks, float32
     logits [2, 28] (traced)."""
-    net = vit.VisionTransformer(dtype=jnp.bfloat16)
-    variables = abstract_init(net, (2, SIZE, SIZE, 4))
+    variables = assert_float32_state(vit.VisionTransformer(dtype=jnp.bfloat16),
+                                     (2, SIZE, SIZE, 4), False, {"blocks_11": jnp.bfloat16})
     assert set(variables) == {"params"}
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 4), jnp.float32)
-    logits, state = jax.eval_shape(lambda v, x: net.apply(
-        v, x, train=False, capture_intermediates=True, mutable=["intermediates"]), variables, x)
-    assert (logits.shape, logits.dtype) == ((2, 28), jnp.float32)
-    assert state["intermediates"]["blocks_11"]["__call__"][0].dtype == jnp.bfloat16
 
 
 def test_init_follows_timm(tiny):
@@ -215,26 +196,13 @@ def test_pooling_against_numpy(tiny):
 
 
 def test_remat_same_values_and_gradients(tiny):
-    """``remat=True``: one checkpoint per block, the same logits and gradients."""
+    """``remat=True``: one checkpoint per block, the same loss (to 1e-6), logits and
+    gradients (to 1e-5 of each array's largest magnitude) in a training step."""
     net, x, variables = tiny
     remat = net.clone(remat=True)
-
-    def checkpoints(model):
-        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
-        return sum(any(word in eqn.primitive.name for word in ("remat", "checkpoint"))
-                   for eqn in jaxpr.jaxpr.eqns)
-
-    assert (checkpoints(remat), checkpoints(net)) == (3, 0)
-
-    def grads(model):
-        def loss(params):
-            return jnp.sum(model.apply({"params": params}, x, train=True) * jnp.arange(28.0))
-        return jax.jit(jax.value_and_grad(loss))(variables["params"])
-
-    (value_remat, g_remat), (value, g) = grads(remat), grads(net)
-    np.testing.assert_allclose(value_remat, value, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                         atol=1e-5 * np.abs(b).max()), g_remat, g)
+    assert [remat_checkpoints(model, variables, x) for model in (remat, net)] == [3, 0]
+    remat_step, plain_step = assert_same_training_step(net, remat, variables, x, rtol=1e-5)
+    np.testing.assert_allclose(remat_step.loss, plain_step.loss, rtol=1e-6)
 
 
 def test_drop_path_ramps_linearly_as_timm():
@@ -245,21 +213,11 @@ def test_drop_path_ramps_linearly_as_timm():
 
 @pytest.mark.parametrize("field", ["dropout", "drop_path"])
 def test_dropout_and_drop_path_draw_only_in_training_with_an_rng(tiny, field):
-    """Rate 0.5: eval and training without a dropout rng give the rate-0 model's logits;
-    training with an rng differs from them, and between two rngs."""
+    """Rate 0.5: eval (with a dropout rng or without) and training without one give the
+    rate-0 model's eval logits, bit for bit; training with an rng differs from them, and
+    between two rngs."""
     net, x, variables = tiny
-    dropped = net.clone(**{field: 0.5})
-
-    def run(model, train):
-        return jax.jit(functools.partial(model.apply, train=train))(variables, x)
-
-    draw = jax.jit(lambda v, x, key: dropped.apply(v, x, train=True, rngs={"dropout": key}))
-    plain = run(net, False)
-    for logits in (run(dropped, False), run(dropped, True)):
-        np.testing.assert_allclose(logits, plain, rtol=1e-6, atol=1e-6)
-    first, second = (draw(variables, x, jax.random.key(seed)) for seed in (0, 1))
-    assert np.abs(first - plain).max() > 1e-3
-    assert np.abs(first - second).max() > 1e-3
+    assert_draws_only_with_rng(net, net.clone(**{field: 0.5}), variables, x)
 
 
 def test_from_config():
