@@ -1,7 +1,7 @@
 """What each Kaggle HPA 2019 ingredient brings to the seed recipe, measured with 3 seeds.
 
   .venv/bin/python experiments/recipes.py --workdir=runs/recipes [--seeds=0,1,2] \
-      [--recipes=seed,external,...] [--steps=400]
+      [--recipes=seed,external,...] [--steps=400] [--model=resnet18]
 
 Makes two synthetic HPA-like stores in ``WORKDIR/data`` (``--num_samples``
 "Kaggle" images, labels drawn from the real Kaggle ``train.csv``, split
@@ -11,7 +11,8 @@ real HPAv18 list, whose label mix differs), then trains every recipe of
 checkpoint on the Kaggle store's test part. The ``tta`` recipe is the seed
 recipe's runs evaluated with 8 views. ``WORKDIR/recipes.md`` holds the table
 (mean ± sd over the seeds) and ``WORKDIR/NAME/seedS/result.json`` each run's
-figures; a rerun skips finished runs and resumes unfinished ones.
+figures; a rerun skips finished runs and resumes unfinished ones. ``--model``
+runs the recipes on another model (a backbone from scratch, at its defaults).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the confi
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1500, "Synthetic Kaggle images.")
 _EXTERNAL_SAMPLES = flags.DEFINE_integer("external_samples", 1500, "Synthetic HPAv18 images.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Stored image side in px.")
+_MODEL = flags.DEFINE_enum("model", "seed_cnn", list(config_lib.MODELS), "The recipes' model "
+                          "(config.model.name; a backbone from scratch, at its defaults).")
 _NARROW = flags.DEFINE_bool("narrow_model", False, "The tiny config's narrow seed CNN (two "
                             "blocks of 8 and 16 filters): checks the runner in seconds.")
 
@@ -71,6 +74,8 @@ def recipe_config(name: str, seed: int, kaggle: str, external: str):
     config.seed = seed
     if _STEPS.value:
         config.total_steps = _STEPS.value
+    if _MODEL.value != config.model.name:
+        config.model = config_lib.model_config(_MODEL.value)
     if _NARROW.value:
         config.model.update(config_lib.TINY_SEED_CNN)
     return config

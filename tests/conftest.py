@@ -77,12 +77,14 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # files to its workers in collection order, so starting with these keeps a
 # worker from picking up a long file near the end while the other idles.
 _SLOWEST_FIRST = ("test_object_storage.py", "test_multihost.py", "test_backbones.py",
-                  "test_faults.py", "test_demo.py", "test_cv.py", "test_export.py",
-                  "test_commands.py", "test_gpu_check.py", "test_compare_backbones.py",
-                  "test_split.py", "test_ensemble.py", "test_recipes.py",
-                  "test_sweep.py", "test_train.py", "test_resnet.py", "test_model.py",
-                  "test_report.py", "test_convert.py", "test_augment.py", "test_ingredients.py",
-                  "test_densenet.py", "test_weights.py")
+                  "test_backbone_runs.py", "test_faults.py", "test_demo.py", "test_cv.py",
+                  "test_export.py", "test_commands.py", "test_gpu_check.py",
+                  "test_compare_backbones.py", "test_split.py", "test_ensemble.py",
+                  "test_recipes.py", "test_sweep.py", "test_train.py",
+                  "test_efficientnet.py", "test_inception.py", "test_resnet.py",
+                  "test_vit.py", "test_seresnext.py", "test_xception.py", "test_convnext.py",
+                  "test_model.py", "test_report.py", "test_convert.py", "test_augment.py",
+                  "test_ingredients.py", "test_densenet.py", "test_weights.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -299,3 +299,52 @@ def test_cpu_flags_are_accepted_and_apply_after_import_jax():
     stops handing the convolution to YNNPACK."""
     assert ynn_probe("default") == ("[]", 1)
     assert ynn_probe("apply") == (repr(list(xla_defaults.CPU_XLA_FLAGS)), 0)
+
+
+@pytest.mark.parametrize("channels, kernel, groups, strides", [
+    (16, 3, 4, 1),  # grouped: SE-ResNeXt's 3x3 (XLA's forward, the gradients by slices)
+    (12, 3, 3, 2),  # grouped, strided
+    (8, 3, 8, 1),  # depthwise: Xception's, EfficientNet's
+    (8, 5, 8, 2),  # depthwise, strided: EfficientNet's 5x5
+    (6, 7, 6, 1),  # depthwise 7x7: ConvNeXt's
+])
+def test_grouped_conv_equals_xlas_values_and_gradients(channels, kernel, groups, strides):
+    """layers.grouped_conv against lax.conv_general_dilated with feature_group_count, at an
+    odd side (so the strided windows stop short of the edge): values and both gradients."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, channels)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, channels // groups, channels)),
+                    jnp.float32)
+    pad = ((kernel // 2, kernel // 2),) * 2
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(x, w, (strides, strides), pad,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=groups)
+
+    def ours(x, w):
+        return layers.grouped_conv(x, w, strides, pad)
+
+    want = xla(x, w)
+    np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) * cotangent), argnums=(0, 1))(x, w)
+             for f in (ours, xla)]
+    for got, expected in zip(*grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_grouped_conv_module_has_nn_convs_parameters():
+    """GroupedConv: nn.Conv's kernel and bias names, shapes and float32 dtype, and its
+    values; bfloat16 computes in bfloat16."""
+    x = jnp.ones((1, 8, 8, 6))
+    ours = layers.GroupedConv(6, (3, 3), 3, padding=((1, 1), (1, 1)), use_bias=True)
+    theirs = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=3)
+    variables = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x))
+    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x),
+                               rtol=1e-6)
+    half = ours.clone(dtype=jnp.bfloat16)
+    assert half.apply(variables, x).dtype == jnp.bfloat16
+    assert jax.tree.leaves(variables)[0].dtype == jnp.float32

@@ -112,12 +112,16 @@ def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, strides: int = 1,
-          padding: int = 0, groups: int = 1) -> nn.Conv:
-    """A ``kernel``×``kernel`` convolution with bias and symmetric ``padding``, as torch's."""
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                   padding=((padding, padding), (padding, padding)),
-                   feature_group_count=groups, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=_KERNEL_INIT, name=name)
+          padding: int = 0, groups: int = 1) -> nn.Module:
+    """A ``kernel``×``kernel`` convolution with bias and symmetric ``padding``, as torch's
+    (grouped: ``layers.GroupedConv``, the same parameters)."""
+    pads = ((padding, padding), (padding, padding))
+    if groups > 1:
+        return layers.GroupedConv(features, (kernel, kernel), groups, strides, pads,
+                                  use_bias=True, dtype=dtype, kernel_init=_KERNEL_INIT,
+                                  name=name)
+    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pads,
+                   dtype=dtype, param_dtype=jnp.float32, kernel_init=_KERNEL_INIT, name=name)
 
 
 def _dense(features: int, dtype: Any, name: str) -> nn.Dense:

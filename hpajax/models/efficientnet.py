@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hpajax.models.layers import TorchLayers, drop_path, numbers
+from hpajax.models.layers import GroupedConv, TorchLayers, drop_path, numbers
 from hpajax.models.weights import ImportRules
 
 # name -> (width multiplier, depth multiplier), torchvision's.
@@ -187,10 +187,9 @@ class MBConv(_EfficientNetLayers):
         if expanded != cfg.in_features:
             y = self.conv_bn_silu(y, expanded, 1, train, "expand")
         pad = (cfg.kernel - 1) // 2
-        y = nn.Conv(expanded, (cfg.kernel, cfg.kernel), strides=(cfg.strides, cfg.strides),
-                    padding=((pad, pad), (pad, pad)), feature_group_count=expanded,
-                    use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=self.conv_init, name="depthwise_conv")(y)
+        y = GroupedConv(expanded, (cfg.kernel, cfg.kernel), expanded, cfg.strides,
+                        ((pad, pad), (pad, pad)), dtype=self.dtype,
+                        kernel_init=self.conv_init, name="depthwise_conv")(y)
         y = nn.silu(self.batch_norm(train, "depthwise_bn")(y))
         y = SqueezeExcitation(squeeze=max(1, cfg.in_features // 4), **self.layer_kwargs(),
                               name="se")(y)

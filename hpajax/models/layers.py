@@ -224,3 +224,99 @@ class TorchLayers(nn.Module):
         x = nn.Dense(num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                      kernel_init=kernel_init, name=name)(x)
         return x.astype(jnp.float32)
+
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]  # (before, after) for rows, then columns
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def grouped_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
+    """A grouped convolution, NHWC, kernel [kh, kw, C / G, O]: ``nn.Conv``'s with
+    ``feature_group_count=G``, same values up to float32 rounding, faster on XLA:CPU.
+
+    XLA:CPU runs grouped and depthwise convolutions many times slower than torch, a
+    grouped one's gradients hundreds of times (BENCHMARKS.md, "Grouped and depthwise
+    convolutions"), but slices, products and small batched matrix products at memory
+    speed. So a depthwise kernel (one input channel per group) is a sum of the
+    ``kh × kw`` shifted views of ``x`` weighed per channel (``_by_slices``), forward and
+    backward; a grouped one keeps XLA's forward and takes its gradients from
+    ``_by_slices``, which multiplies each group's patch by its matrix.
+    """
+    if kernel.shape[2] == 1 and kernel.shape[3] == x.shape[-1]:
+        return _by_slices(x, kernel, strides, padding)
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=x.shape[-1] // kernel.shape[2])
+
+
+def _grouped_conv_fwd(x, kernel, strides, padding):
+    return grouped_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _grouped_conv_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda x, k: _by_slices(x, k, strides, padding), x, kernel)
+    return vjp(dy)
+
+
+grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
+
+
+def _by_slices(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
+    """``grouped_conv`` from the ``kh × kw`` strided slices of the padded ``x``: weighed
+    and summed per channel (depthwise), or stacked into patches that an einsum
+    multiplies by each group's [``kh kw C/G``, ``O/G``] matrix."""
+    (kh, kw, per_group, out), channels = kernel.shape, x.shape[-1]
+    groups = channels // per_group
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    rows = (x.shape[1] - kh) // strides + 1
+    cols = (x.shape[2] - kw) // strides + 1
+    views = [jax.lax.slice(x, (0, i, j, 0),
+                           (x.shape[0], i + (rows - 1) * strides + 1,
+                            j + (cols - 1) * strides + 1, channels), (1, strides, strides, 1))
+             for i in range(kh) for j in range(kw)]
+    taps = kernel.reshape(kh * kw, per_group, out)
+    if per_group == 1 and out == channels:  # depthwise
+        return sum(view * taps[k, 0] for k, view in enumerate(views))
+    patches = jnp.stack(views, axis=3).reshape(*views[0].shape[:3], kh * kw, groups, per_group)
+    weights = taps.reshape(kh * kw, per_group, groups, out // groups)
+    y = jnp.einsum("bhwkgc,kcgo->bhwgo", patches, weights)
+    return y.reshape(*y.shape[:3], out)
+
+
+class GroupedConv(nn.Module):
+    """``nn.Conv`` with ``feature_group_count=groups`` (the same ``kernel`` [kh, kw,
+    C / groups, features] and ``bias`` parameters, float32; ``dtype`` computation),
+    computed by ``grouped_conv``.
+
+    Attributes:
+      features: output channels.
+      kernel_size: (kh, kw).
+      groups: channel groups (``features`` for a depthwise convolution).
+      strides: stride along both axes.
+      padding: explicit (before, after) zeros for rows, then columns.
+      use_bias: add a bias.
+      dtype: computation dtype.
+      kernel_init: the kernel's initializer.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    groups: int
+    strides: int = 1
+    padding: Padding = ((0, 0), (0, 0))
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.linear.default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x.shape[-1] // self.groups, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+                         tuple(tuple(p) for p in self.padding))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y

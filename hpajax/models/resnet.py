@@ -60,13 +60,13 @@ IMPORT_RULES = ImportRules(renames=((r"\blayer(\d+)\.(\d+)\b", r"layer\1_\2"),
 STAGE_WIDTHS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4  # a bottleneck block's output is 4x its width
 
-class _ResNetLayers(TorchLayers):
+class ResNetLayers(TorchLayers):
     """The ResNet parts' layers: convolutions start as torchvision's ResNet's."""
 
     conv_init = staticmethod(nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
 
-class BasicBlock(_ResNetLayers):
+class BasicBlock(ResNetLayers):
     """ResNet-18/34 block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     Attributes:
@@ -84,10 +84,10 @@ class BasicBlock(_ResNetLayers):
         y = self.norm_relu(y, train, "bn1")
         y = self.conv(self.features, 3, "conv2")(y)
         y = self.batch_norm(train, "bn2")(y)
-        return nn.relu(y + _shortcut(self, x, self.features, train))
+        return nn.relu(y + shortcut(self, x, self.features, train))
 
 
-class Bottleneck(_ResNetLayers):
+class Bottleneck(ResNetLayers):
     """ResNet-50 block (v1.5): 1×1 to ``features``, 3×3 with the stride, 1×1 to 4×.
 
     Attributes:
@@ -108,10 +108,10 @@ class Bottleneck(_ResNetLayers):
         y = self.norm_relu(y, train, "bn2")
         y = self.conv(out_features, 1, "conv3")(y)
         y = self.batch_norm(train, "bn3")(y)
-        return nn.relu(y + _shortcut(self, x, out_features, train))
+        return nn.relu(y + shortcut(self, x, out_features, train))
 
 
-def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_features: int,
+def shortcut(block: ResNetLayers, x: jax.Array, out_features: int,
               train: bool) -> jax.Array:
     """``x``, or torchvision's downsample ``BN(1×1 conv stride s)`` where the shape changes."""
     if block.strides == 1 and x.shape[-1] == out_features:
@@ -120,7 +120,7 @@ def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_features: int,
     return block.batch_norm(train, "downsample_bn")(x)
 
 
-class ResNet(_ResNetLayers):
+class ResNet(ResNetLayers):
     """torchvision's ResNet; see the module docstring.
 
     Attributes:

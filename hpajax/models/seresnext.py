@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from hpajax.models import resnet
+from hpajax.models.layers import GroupedConv
 from hpajax.models.resnet import BOTTLENECK_EXPANSION, STAGE_WIDTHS
 from hpajax.models.weights import ImportRules
 
@@ -78,7 +79,7 @@ SE_REDUCTION = 16
 layer_key = resnet.layer_key
 
 
-class SqueezeExcite(resnet._ResNetLayers):
+class SqueezeExcite(resnet.ResNetLayers):
     """timm's ``SEModule``: channels gated by ``sigmoid(fc2(relu(fc1(spatial mean))))``."""
 
     @nn.compact
@@ -95,7 +96,7 @@ class SqueezeExcite(resnet._ResNetLayers):
                        kernel_init=self.conv_init, name=name)
 
 
-class SEResNeXtBottleneck(resnet._ResNetLayers):
+class SEResNeXtBottleneck(resnet.ResNetLayers):
     """1×1, grouped 3×3 with the stride, 1×1 to 4 × ``features``; SE; shortcut; ReLU.
 
     Attributes:
@@ -117,17 +118,15 @@ class SEResNeXtBottleneck(resnet._ResNetLayers):
         out_features = self.features * BOTTLENECK_EXPANSION
         y = self.conv(width, 1, "conv1")(x)
         y = self.norm_relu(y, train, "bn1")
-        y = nn.Conv(width, (3, 3), strides=(self.strides, self.strides),
-                    padding=((1, 1), (1, 1)), feature_group_count=self.cardinality,
-                    use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=self.conv_init, name="conv2")(y)
+        y = GroupedConv(width, (3, 3), self.cardinality, self.strides, ((1, 1), (1, 1)),
+                        dtype=self.dtype, kernel_init=self.conv_init, name="conv2")(y)
         y = self.norm_relu(y, train, "bn2")
         y = self.conv(out_features, 1, "conv3")(y)
         y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32,
                          scale_init=nn.initializers.zeros, name="bn3")(y)
         y = SqueezeExcite(**self.layer_kwargs(), name="se")(y)
-        return nn.relu(y + resnet._shortcut(self, x, out_features, train))
+        return nn.relu(y + resnet.shortcut(self, x, out_features, train))
 
 
 def ceil_mode_max_pool(x: jax.Array) -> jax.Array:
@@ -137,7 +136,7 @@ def ceil_mode_max_pool(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
 
 
-class SEResNeXt(resnet._ResNetLayers):
+class SEResNeXt(resnet.ResNetLayers):
     """timm's SE-ResNeXt; see the module docstring.
 
     Attributes:

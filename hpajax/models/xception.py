@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hpajax.models.layers import TorchLayers, numbers
+from hpajax.models.layers import GroupedConv, TorchLayers, numbers
 from hpajax.models.weights import ImportRules
 
 
@@ -86,13 +86,16 @@ class _XceptionLayers(TorchLayers):
     conv_init = staticmethod(nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
 
     def torch_conv(self, features: int, kernel: int, name: str, padding: int, strides: int = 1,
-                   groups: int = 1) -> nn.Conv:
+                   groups: int = 1) -> nn.Module:
         """torch's ``Conv2d(in, features, kernel, strides, padding, groups=groups,
-        bias=False)``."""
-        return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                       padding=((padding, padding), (padding, padding)),
-                       feature_group_count=groups, use_bias=False, dtype=self.dtype,
-                       param_dtype=jnp.float32, kernel_init=self.conv_init, name=name)
+        bias=False)`` (grouped: ``GroupedConv``, the same parameters)."""
+        pads = ((padding, padding), (padding, padding))
+        if groups > 1:
+            return GroupedConv(features, (kernel, kernel), groups, strides, pads,
+                               dtype=self.dtype, kernel_init=self.conv_init, name=name)
+        return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pads,
+                       use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=self.conv_init, name=name)
 
 
 class SeparableConv2d(_XceptionLayers):
