@@ -172,7 +172,8 @@ def test_from_config():
     for name, (stage_sizes, bottleneck) in resnet.VARIANTS.items():
         net = resnet.from_config(ml_collections.ConfigDict({"name": name}), jnp.bfloat16)
         assert (tuple(net.stage_sizes), net.bottleneck) == (stage_sizes, bottleneck)
-        assert (net.dropout, net.remat, net.dtype, net.num_classes) == (0.0, False, jnp.bfloat16, 28)
+        assert (net.dropout, net.remat, net.dtype, net.num_classes) == (
+            0.0, False, jnp.bfloat16, 28)
     cfg = ml_collections.ConfigDict({"name": "resnet34", "dropout": 0.25, "remat": True})
     net = resnet.from_config(cfg, jnp.float32)
     assert (net.dropout, net.remat) == (0.25, True)
