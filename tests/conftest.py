@@ -76,8 +76,8 @@ CHANNELS = ("red", "green", "blue", "yellow")
 # The slowest files first (from `pytest --durations=0`): pytest-xdist hands
 # files to its workers in collection order, so starting with these keeps a
 # worker from picking up a long file near the end while the other idles.
-_SLOWEST_FIRST = ("test_object_storage.py", "test_multihost.py", "test_backbones.py",
-                  "test_backbone_runs.py", "test_faults.py", "test_demo.py", "test_cv.py",
+_SLOWEST_FIRST = ("test_backbone_runs.py", "test_object_storage.py", "test_multihost.py",
+                  "test_backbones.py", "test_faults.py", "test_demo.py", "test_cv.py",
                   "test_export.py", "test_commands.py", "test_gpu_check.py",
                   "test_compare_backbones.py", "test_split.py", "test_ensemble.py",
                   "test_recipes.py", "test_sweep.py", "test_train.py",

@@ -37,8 +37,8 @@ def test_a_field_of_another_model_is_refused_in_one_line_naming_it(tmp_path):
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
         f"error: --config.model.init_from (config file {TINY.split('=')[1]}): not a field of "
-        "the seed_cnn model block, but of resnet18, resnet34, resnet50, densenet121, "
-        "densenet169's: add --config.model.name=resnet18"]
+        f"the seed_cnn model block, but of {', '.join(config_lib.BACKBONES)}'s: add "
+        "--config.model.name=resnet18"]
     assert not (tmp_path / "run").exists()
 
 
