@@ -25,7 +25,8 @@ from hpajax.models import (convnext, densenet, efficientnet, inception, resnet, 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.BACKBONES' module names -> the modules: each has VARIANTS (a backbone's name ->
-# its architecture), from_config(cfg, dtype) and IMPORT_RULES (its reference's keys).
+# its architecture), from_config(cfg, dtype), IMPORT_RULES (its reference's keys) and
+# layer_key (its layers' order, for layer-wise learning-rate decay).
 _MODULES = {"resnet": resnet, "densenet": densenet, "inception": inception,
             "seresnext": seresnext, "xception": xception, "efficientnet": efficientnet,
             "convnext": convnext, "vit": vit}
