@@ -277,12 +277,14 @@ def _by_slices(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) 
                             j + (cols - 1) * strides + 1, channels), (1, strides, strides, 1))
              for i in range(kh) for j in range(kw)]
     taps = kernel.reshape(kh * kw, per_group, out)
-    if per_group == 1 and out == channels:  # depthwise
-        return sum(view * taps[k, 0] for k, view in enumerate(views))
+    if per_group == 1 and out == channels:  # depthwise; sums in float32, as a convolution's
+        y = sum(view.astype(jnp.float32) * taps[k, 0].astype(jnp.float32)
+                for k, view in enumerate(views))
+        return y.astype(x.dtype)
     patches = jnp.stack(views, axis=3).reshape(*views[0].shape[:3], kh * kw, groups, per_group)
     weights = taps.reshape(kh * kw, per_group, groups, out // groups)
-    y = jnp.einsum("bhwkgc,kcgo->bhwgo", patches, weights)
-    return y.reshape(*y.shape[:3], out)
+    y = jnp.einsum("bhwkgc,kcgo->bhwgo", patches, weights, preferred_element_type=jnp.float32)
+    return y.reshape(*y.shape[:3], out).astype(x.dtype)
 
 
 class GroupedConv(nn.Module):
