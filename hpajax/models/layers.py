@@ -226,7 +226,6 @@ class TorchLayers(nn.Module):
         return x.astype(jnp.float32)
 
 
-
 Padding = tuple[tuple[int, int], tuple[int, int]]  # (before, after) for rows, then columns
 
 
@@ -243,7 +242,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding
     backward; a grouped one keeps XLA's forward and takes its gradients from
     ``_by_slices``, which multiplies each group's patch by its matrix.
     """
-    if kernel.shape[2] == 1 and kernel.shape[3] == x.shape[-1]:
+    if _depthwise(x, kernel):
         return _by_slices(x, kernel, strides, padding)
     return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -263,6 +262,11 @@ def _grouped_conv_bwd(strides, padding, residuals, dy):
 grouped_conv.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
 
 
+def _depthwise(x: jax.Array, kernel: jax.Array) -> bool:
+    """One input channel per group and one output per input channel."""
+    return kernel.shape[2] == 1 and kernel.shape[3] == x.shape[-1]
+
+
 def _by_slices(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) -> jax.Array:
     """``grouped_conv`` from the ``kh × kw`` strided slices of the padded ``x``: weighed
     and summed per channel (depthwise), or stacked into patches that an einsum
@@ -277,7 +281,7 @@ def _by_slices(x: jax.Array, kernel: jax.Array, strides: int, padding: Padding) 
                             j + (cols - 1) * strides + 1, channels), (1, strides, strides, 1))
              for i in range(kh) for j in range(kw)]
     taps = kernel.reshape(kh * kw, per_group, out)
-    if per_group == 1 and out == channels:  # depthwise; sums in float32, as a convolution's
+    if _depthwise(x, kernel):  # sums in float32, as a convolution's
         y = sum(view.astype(jnp.float32) * taps[k, 0].astype(jnp.float32)
                 for k, view in enumerate(views))
         return y.astype(x.dtype)
